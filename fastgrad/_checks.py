@@ -1,0 +1,166 @@
+"""Input validation shared by ``functional`` and the layers (DESIGN section 4).
+
+Every public entry point validates before any kernel runs.  Errors name the
+function and parameter, say what was expected and what was received, and stay
+short: ``Dense.forward: x.shape[1]=17 does not match in_features=16``.
+
+Policy for dtypes: float32 and float64 arrays are accepted; Python lists of
+numbers are converted with ``np.asarray`` and must come out as floats (lists of
+ints are refused like int arrays, never truncated or silently converted); int,
+bool, complex, float16, object and string arrays raise ``TypeError``.
+
+Policy for non-finite values (``check_finite``): by default inputs containing
+NaN or +-Inf raise ``ValueError``, because a NaN entering a training run is
+almost always a bug upstream.  Pass ``check_finite=False`` to a functional call
+or call :func:`set_check_finite(False) <set_check_finite>` to let NaN propagate
+instead: fastgrad never cleans or replaces a NaN.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .kernels.util import all_finite
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+_check_finite_default = True
+
+#: Refuse to allocate more than this many bytes for one output (absurd sizes).
+MAX_ALLOC_BYTES = 8 << 30
+
+
+def set_check_finite(enabled: bool) -> None:
+    """Globally enable/disable the NaN/Inf check on inputs (default: enabled)."""
+    global _check_finite_default
+    _check_finite_default = bool(enabled)
+
+
+def get_check_finite() -> bool:
+    return _check_finite_default
+
+
+def _describe(x) -> str:
+    if x is None:
+        return "None"
+    if isinstance(x, np.ndarray):
+        return f"array of dtype {x.dtype}"
+    return type(x).__name__
+
+
+def float_dtype(dtype, name: str = "dtype", where: str = "") -> np.dtype:
+    """Validate a dtype argument: float32 or float64 only."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{where}: {name} must be float32 or float64, got {dtype!r}")
+    return dt
+
+
+def as_array(
+    x,
+    name: str,
+    where: str,
+    *,
+    ndim=None,
+    dtype=None,
+    check_finite=None,
+) -> np.ndarray:
+    """Return ``x`` as a C-contiguous float32/float64 array, or raise.
+
+    ``ndim`` is an int or a tuple of allowed ints.  ``dtype`` converts float
+    input to that dtype (float64 -> float32 is documented, lossy by design);
+    without it the array keeps its own float dtype.  The input is never
+    modified: a copy is made whenever a conversion is needed.
+    """
+    if x is None:
+        raise TypeError(f"{where}: {name} must be a float32/float64 array, got None")
+    if isinstance(x, np.ndarray):
+        arr = x
+    else:
+        if isinstance(x, (str, bytes, dict, set)):
+            raise TypeError(f"{where}: {name} must be a float32/float64 array, got {type(x).__name__}")
+        try:
+            arr = np.asarray(x)
+        except (ValueError, TypeError) as exc:
+            raise TypeError(f"{where}: {name} could not be read as an array ({exc})"[:290]) from None
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{where}: {name} must be a float32/float64 array, got {_describe(arr)}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if arr.ndim not in allowed:
+            want = " or ".join(str(n) for n in allowed)
+            raise ValueError(f"{where}: {name} must be {want}-D, got shape {arr.shape}")
+    if dtype is not None:
+        arr = np.ascontiguousarray(arr, dtype=dtype)
+    else:
+        arr = np.ascontiguousarray(arr)
+    if check_finite is None:
+        check_finite = _check_finite_default
+    if check_finite and arr.size and not all_finite(arr.reshape(-1)):
+        raise ValueError(
+            f"{where}: {name} contains NaN or Inf (pass check_finite=False or call "
+            "fastgrad.set_check_finite(False) to let it propagate)"
+        )
+    return arr
+
+
+def check_shape(arr: np.ndarray, shape: tuple, name: str, where: str) -> None:
+    """Raise ValueError unless arr.shape == shape (None in shape matches anything)."""
+    ok = arr.ndim == len(shape) and all(s is None or s == a for s, a in zip(shape, arr.shape))
+    if not ok:
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{where}: {name} must have shape {want}, got {arr.shape}")
+
+
+def positive_int(value, name: str, where: str, *, minimum: int = 1) -> int:
+    """An int >= minimum (bools and floats refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{where}: {name} must be an int >= {minimum}, got {_describe(value)} {value!r}"[:290])
+    if value < minimum:
+        raise ValueError(f"{where}: {name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def real_number(value, name: str, where: str, *, low=None, high=None, low_open=False, high_open=False) -> float:
+    """A finite real number within the given bounds (bools refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where}: {name} must be a real number, got {_describe(value)} {value!r}"[:290])
+    v = float(value)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"{where}: {name} must be finite, got {v}")
+    if low is not None and (v < low or (low_open and v == low)):
+        rel = ">" if low_open else ">="
+        raise ValueError(f"{where}: {name} must be {rel} {low}, got {v}")
+    if high is not None and (v > high or (high_open and v == high)):
+        rel = "<" if high_open else "<="
+        raise ValueError(f"{where}: {name} must be {rel} {high}, got {v}")
+    return v
+
+
+def check_alloc(shape: tuple, dtype, where: str) -> None:
+    """Refuse absurd allocations with the shape and the byte count."""
+    n = 1
+    for s in shape:
+        n *= int(s)
+    nbytes = n * np.dtype(dtype).itemsize
+    if nbytes > MAX_ALLOC_BYTES:
+        raise ValueError(
+            f"{where}: output of shape {tuple(shape)} would need {nbytes / 2**30:.1f} GiB "
+            f"(limit {MAX_ALLOC_BYTES / 2**30:.0f} GiB)"
+        )
+
+
+def activation_code(name, where: str, param: str = "activation") -> int:
+    """Map an activation name to its kernel code, or raise listing the valid names."""
+    from .kernels.activations import CODES
+
+    if not isinstance(name, str):
+        raise TypeError(f"{where}: {param} must be a string, got {_describe(name)}")
+    if name not in CODES:
+        raise ValueError(f"{where}: unknown {param} {name!r}; expected one of {', '.join(CODES)}"[:299])
+    return CODES[name]

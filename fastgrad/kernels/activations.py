@@ -1,0 +1,154 @@
+"""Element-wise activations sigma(z) and their derivatives sigma'(z).
+
+The cheat sheet uses one element-wise activation per layer (``y_k = sigma(z_k)``)
+and five in the LSTM (sigma_f, sigma_i, sigma_o, sigma_n, sigma_h).  Kernels
+select the activation with a small integer code instead of a function argument:
+function-typed arguments defeat numba's on-disk cache and force one compiled
+specialisation per activation.  The branch on ``code`` sits outside the inner
+multiply-add loops, so it costs nothing measurable.
+
+Definitions and defaults follow PyTorch:
+
+======  ============  ===========================================  =========================================
+code    name          sigma(z)                                     sigma'(z)
+======  ============  ===========================================  =========================================
+0       identity      z                                            1
+1       sigmoid       1 / (1 + e^-z)  (no overflow for any z)      s (1 - s)
+2       tanh          tanh z                                       1 - t^2
+3       relu          max(z, 0)                                    1 if z > 0 else 0
+4       leaky_relu    z if z > 0 else 0.01 z                       1 if z > 0 else 0.01
+5       elu           z if z > 0 else e^z - 1                      1 if z > 0 else e^z
+6       softplus      max(z, 0) + log(1 + e^-|z|)                  sigmoid(z)
+7       silu          z sigmoid(z)                                 s (1 + z (1 - s))
+8       gelu          z/2 (1 + tanh(a (z + 0.044715 z^3)))         see :func:`dact`; a = sqrt(2/pi)
+9       hard_sigmoid  clip(z/6 + 1/2, 0, 1)                        1/6 if -3 < z < 3 else 0
+10      hard_tanh     clip(z, -1, 1)                               1 if -1 < z < 1 else 0
+======  ============  ===========================================  =========================================
+
+The scalar math runs in float64 (numba types float literals as float64); the
+kernels cast the result back to the array dtype before it enters a multiply-add
+loop, so float32 loops stay float32.
+"""
+
+import math
+
+from numba import prange
+
+from .._jit import helper, kernel
+
+ACTIVATIONS = (
+    "identity",
+    "sigmoid",
+    "tanh",
+    "relu",
+    "leaky_relu",
+    "elu",
+    "softplus",
+    "silu",
+    "gelu",
+    "hard_sigmoid",
+    "hard_tanh",
+)
+CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
+
+IDENTITY = CODES["identity"]
+SIGMOID = CODES["sigmoid"]
+TANH = CODES["tanh"]
+
+_LEAKY_SLOPE = 0.01
+_ELU_ALPHA = 1.0
+_GELU_A = math.sqrt(2.0 / math.pi)
+_GELU_B = 0.044715
+
+
+@helper
+def sigmoid(z):
+    """Logistic function without overflow: e^-z is only formed for z >= 0."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+@helper
+def act(z, code):
+    """sigma(z) for the activation with the given code (table in the module doc)."""
+    if z != z:  # NaN propagates through min/max/branches too
+        return z * 1.0
+    if code == 0:
+        return z * 1.0
+    if code == 1:
+        return sigmoid(z)
+    if code == 2:
+        return math.tanh(z)
+    if code == 3:
+        return z * 1.0 if z > 0 else 0.0 * z
+    if code == 4:
+        return z * 1.0 if z > 0 else _LEAKY_SLOPE * z
+    if code == 5:
+        return z * 1.0 if z > 0 else _ELU_ALPHA * math.expm1(z)
+    if code == 6:
+        # max(z, 0) + log1p(e^-|z|): exact for large |z| where log(1 + e^z) overflows
+        return max(z, 0.0) + math.log1p(math.exp(-abs(z)))
+    if code == 7:
+        return z * sigmoid(z)
+    if code == 8:
+        return 0.5 * z * (1.0 + math.tanh(_GELU_A * (z + _GELU_B * z * z * z)))
+    if code == 9:
+        return min(max(z / 6.0 + 0.5, 0.0), 1.0)
+    # code == 10: hard_tanh
+    return min(max(z * 1.0, -1.0), 1.0)
+
+
+@helper
+def dact(z, code):
+    """sigma'(z), the factor in the cheat sheet's dL/dz_k = dL/dy_k * sigma'(z_k).
+
+    Computed from the pre-activation z (saved by the forward pass), so a caller
+    that modified the layer output in place cannot corrupt the backward pass.
+    NaN in z gives NaN (never a silent 0) for every activation with a branch.
+    """
+    if z != z:
+        return z * 1.0
+    if code == 0:
+        return 1.0
+    if code == 1:
+        s = sigmoid(z)
+        return s * (1.0 - s)
+    if code == 2:
+        t = math.tanh(z)
+        return 1.0 - t * t
+    if code == 3:
+        return 1.0 if z > 0 else 0.0
+    if code == 4:
+        return 1.0 if z > 0 else _LEAKY_SLOPE
+    if code == 5:
+        return 1.0 if z > 0 else _ELU_ALPHA * math.exp(z)
+    if code == 6:
+        return sigmoid(z)
+    if code == 7:
+        s = sigmoid(z)
+        return s * (1.0 + z * (1.0 - s))
+    if code == 8:
+        u = _GELU_A * (z + _GELU_B * z * z * z)
+        t = math.tanh(u)
+        du = _GELU_A * (1.0 + 3.0 * _GELU_B * z * z)
+        return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * du
+    if code == 9:
+        return 1.0 / 6.0 if -3.0 < z < 3.0 else 0.0
+    # code == 10: hard_tanh
+    return 1.0 if -1.0 < z < 1.0 else 0.0
+
+
+@kernel
+def activation_forward(y, z, code):
+    """y_k = sigma(z_k) element-wise over flat arrays; y and z have shape (size,)."""
+    for k in prange(z.shape[0]):
+        y[k] = act(z[k], code)
+
+
+@kernel
+def activation_backward(dz, dy, z, code):
+    """dL/dz_k += dL/dy_k * sigma'(z_k) element-wise over flat arrays of shape (size,)."""
+    for k in prange(z.shape[0]):
+        dz[k] += dy[k] * dact(z[k], code)

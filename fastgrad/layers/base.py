@@ -1,0 +1,101 @@
+"""The Layer protocol every fastgrad layer follows (micrograd-small on purpose).
+
+A layer owns
+
+* ``params``: dict name -> ndarray, the trainable tensors;
+* ``grads``: dict with the same keys, shapes and dtype, **accumulated** by
+  ``backward`` (``+=``) and cleared by ``zero_grad``;
+* the cache of its last forward pass, which ``backward`` reads.
+
+``layer(x)`` is ``layer.forward(x)``; ``dx = layer.backward(dy)`` returns the
+gradient with respect to the input.  ``get_config()`` returns the JSON-able
+constructor arguments, so ``type(layer)(**layer.get_config())`` builds the same
+architecture (that is how :mod:`fastgrad.io` saves models without pickle).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._checks import as_array, float_dtype
+
+
+class Layer:
+    """Base class: params/grads dicts, zero_grad, config, input conversion."""
+
+    #: every concrete layer class by name, for loading saved architectures
+    registry: dict[str, type] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        Layer.registry[cls.__name__] = cls
+
+    def __init__(self, dtype=np.float32):
+        self.dtype = float_dtype(dtype, "dtype", f"{type(self).__name__}")
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self._cache = None
+
+    # -- protocol -----------------------------------------------------------
+    def __call__(self, x, *args, **kwargs):
+        return self.forward(x, *args, **kwargs)
+
+    def forward(self, x):  # pragma: no cover - every subclass overrides
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, dy):  # pragma: no cover - every subclass overrides
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def zero_grad(self) -> None:
+        for g in self.grads.values():
+            g.fill(0)
+
+    def get_config(self) -> dict:
+        """Constructor arguments as JSON-able values (subclasses extend)."""
+        return {"dtype": np.dtype(self.dtype).name} if self.params else {}
+
+    def output_shape(self, input_shape: tuple) -> tuple:
+        """Shape of one sample's output for one sample's input shape (no batch axis)."""
+        return tuple(input_shape)
+
+    def num_params(self) -> int:
+        return int(sum(p.size for p in self.params.values()))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    # -- helpers for subclasses -----------------------------------------------
+    def _where(self, method: str) -> str:
+        return f"{type(self).__name__}.{method}"
+
+    def _add_param(self, name: str, value: np.ndarray) -> None:
+        value = np.ascontiguousarray(value, dtype=self.dtype)
+        self.params[name] = value
+        self.grads[name] = np.zeros_like(value)
+
+    def _input(self, x, method: str = "forward", name: str = "x", ndim=None) -> np.ndarray:
+        """x as a C-contiguous array in the layer's dtype (float64 -> float32 is converted).
+
+        Layers without parameters keep the input's own float dtype.
+        """
+        dtype = self.dtype if self.params else None
+        return as_array(x, name, self._where(method), ndim=ndim, dtype=dtype)
+
+    def _saved(self, method: str = "backward"):
+        if self._cache is None:
+            raise ValueError(f"{self._where(method)}: called before forward (no saved forward pass)")
+        return self._cache
+
+    def _grad_input(self, dy, shape: tuple, dtype, method: str = "backward", name: str = "dy") -> np.ndarray:
+        """Validate an upstream gradient against the shape of the forward output."""
+        dy = as_array(dy, name, self._where(method), dtype=dtype)
+        if dy.shape != tuple(shape):
+            raise ValueError(f"{self._where(method)}: {name} must have shape {tuple(shape)} (the forward output), got {dy.shape}")
+        return dy
+
+
+def uniform_init(rng: np.random.Generator, shape: tuple, fan_in: int, dtype) -> np.ndarray:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for Linear, Conv and LSTM."""
+    bound = 1.0 / np.sqrt(max(fan_in, 1))
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
