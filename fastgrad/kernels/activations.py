@@ -82,7 +82,7 @@ def act(z, code):
     if code == 2:
         return math.tanh(z)
     if code == 3:
-        return z * 1.0 if z > 0 else 0.0 * z
+        return z * 1.0 if z > 0 else 0.0
     if code == 4:
         return z * 1.0 if z > 0 else _LEAKY_SLOPE * z
     if code == 5:

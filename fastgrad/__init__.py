@@ -1,0 +1,54 @@
+"""fastgrad: the cheat sheet "Neural Network Gradients" as fast numba kernels.
+
+Dense, convolutional and LSTM layers and softmax, each forward pass and gradient
+written in index form and compiled with numba, plus a small training layer
+(Sequential, losses, optimizers, save/load) and a gradient checker.
+
+    import fastgrad as fg
+    model = fg.Sequential(fg.Dense(64, 128, "relu"), fg.Dense(128, 10))
+    model.fit(x, y, fg.CrossEntropyLoss(), fg.Adam(model, 1e-3), epochs=10)
+"""
+
+__version__ = "0.1.0"
+
+from . import functional
+from ._checks import get_check_finite, set_check_finite
+from .config import get_num_threads, set_num_threads, show_config, warmup
+from .gradcheck import GradcheckError, GradcheckReport, gradcheck
+from .io import ModelFileError, load, load_weights, save
+from .kernels.activations import ACTIVATIONS
+from .layers import Activation, Dense, Flatten, Layer, LogSoftmax, Softmax
+from .losses import CrossEntropyLoss, MSELoss
+from .model import Sequential
+from .optim import SGD, Adam, clip_grad_norm
+
+__all__ = [
+    "__version__",
+    "functional",
+    "ACTIVATIONS",
+    "Layer",
+    "Dense",
+    "Activation",
+    "Softmax",
+    "LogSoftmax",
+    "Flatten",
+    "Sequential",
+    "MSELoss",
+    "CrossEntropyLoss",
+    "SGD",
+    "Adam",
+    "clip_grad_norm",
+    "save",
+    "load",
+    "load_weights",
+    "ModelFileError",
+    "gradcheck",
+    "GradcheckError",
+    "GradcheckReport",
+    "set_num_threads",
+    "get_num_threads",
+    "show_config",
+    "warmup",
+    "set_check_finite",
+    "get_check_finite",
+]

@@ -1,0 +1,1 @@
+"""Example models trained on data available offline (digits from scikit-learn, Python sources)."""

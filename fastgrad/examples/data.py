@@ -1,0 +1,23 @@
+"""The digits data set (sklearn.datasets.load_digits, shipped offline) with a fixed split."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def load_digits_split(test_size=0.2, seed=0, dtype=np.float32):
+    """(x_train, y_train, x_test, y_test): 8x8 images scaled to [0, 1], shape (N, 64).
+
+    A stratified split with a fixed seed, so every example and test sees the
+    same 20 % held out.
+    """
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as exc:  # pragma: no cover - scikit-learn is in the test extra
+        raise ImportError("the digits examples need scikit-learn: pip install scikit-learn") from exc
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(dtype)
+    y = digits.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
+    return x_train, y_train, x_test, y_test

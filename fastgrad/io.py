@@ -1,0 +1,153 @@
+"""Save and load models as ``.npz`` files: parameters plus the architecture as JSON.
+
+No pickle anywhere: arrays are written and read with ``allow_pickle=False`` and
+the architecture is a JSON string of each layer's ``get_config()``.  Writes are
+atomic (a temporary file in the same directory, fsync, ``os.replace``), so an
+interrupted save leaves the previous file intact.  Every problem with a file
+raises :class:`ModelFileError` (a ValueError) naming the file and the key, and
+nothing is changed until the whole file has been checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .layers.base import Layer
+
+FORMAT = "fastgrad-model"
+VERSION = 1
+_ARCH_KEY = "__architecture__"
+_PARAM_PREFIX = "param/"
+#: a saved architecture larger than this is refused (hostile or corrupt file)
+MAX_ARCH_CHARS = 1 << 20
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be read, or does not match the model."""
+
+
+def _describe_model(model) -> dict:
+    return {"format": FORMAT, "version": VERSION, "type": type(model).__name__, "config": model.get_config()}
+
+
+def save(model, path) -> None:
+    """Write ``model`` (a Layer or Sequential) to ``path`` atomically (.npz, no pickle)."""
+    if not isinstance(model, Layer):
+        raise TypeError(f"save: model must be a fastgrad Layer or Sequential, got {type(model).__name__}")
+    path = os.fspath(path)
+    arrays = {_PARAM_PREFIX + name: np.ascontiguousarray(arr) for name, arr in model.params.items()}
+    arrays[_ARCH_KEY] = np.array(json.dumps(_describe_model(model)))
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fastgrad-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _read(path) -> tuple[dict, dict]:
+    """(architecture dict, {param name: array}) from a file, or ModelFileError."""
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names = list(data.files)
+            if _ARCH_KEY not in names:
+                raise ModelFileError(f"load: {path}: missing key {_ARCH_KEY!r} (not a fastgrad model file)")
+            arch_arr = data[_ARCH_KEY]
+            if arch_arr.dtype.kind != "U" or arch_arr.shape != () or arch_arr.dtype.itemsize > 4 * MAX_ARCH_CHARS:
+                raise ModelFileError(f"load: {path}: key {_ARCH_KEY!r} is not a JSON string of at most {MAX_ARCH_CHARS} chars")
+            arch = json.loads(str(arch_arr))
+            params = {}
+            for name in names:
+                if name == _ARCH_KEY:
+                    continue
+                if not name.startswith(_PARAM_PREFIX):
+                    raise ModelFileError(f"load: {path}: unexpected key {name!r}")
+                params[name[len(_PARAM_PREFIX) :]] = data[name]
+    except ModelFileError:
+        raise
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError, KeyError) as exc:
+        raise ModelFileError(f"load: {path}: not a readable fastgrad model file ({type(exc).__name__}: {exc})"[:290]) from None
+    if not isinstance(arch, dict) or arch.get("format") != FORMAT:
+        raise ModelFileError(f"load: {path}: key {_ARCH_KEY!r} does not describe a fastgrad model")
+    if arch.get("version") != VERSION:
+        raise ModelFileError(f"load: {path}: format version {arch.get('version')!r} is not supported (expected {VERSION})")
+    return arch, params
+
+
+def build(kind: str, config: dict, where: str = "load"):
+    """Construct a layer (or Sequential) from its type name and get_config() dict."""
+    if not isinstance(kind, str) or kind not in Layer.registry:
+        raise ModelFileError(f"{where}: unknown layer type {kind!r}")
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise ModelFileError(f"{where}: config of {kind} must be an object with string keys")
+    cls = Layer.registry[kind]
+    try:
+        if kind == "Sequential":
+            layers = config.get("layers")
+            if not isinstance(layers, list) or set(config) != {"layers"}:
+                raise ModelFileError(f"{where}: Sequential config must be {{'layers': [...]}}")
+            built = []
+            for i, item in enumerate(layers):
+                if not isinstance(item, dict) or set(item) != {"type", "config"}:
+                    raise ModelFileError(f"{where}: layer {i} must be {{'type': ..., 'config': ...}}")
+                built.append(build(item["type"], item["config"], where))
+            return cls(*built)
+        return cls(**config)
+    except ModelFileError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"{where}: cannot build {kind} from its config ({exc})"[:290]) from None
+
+
+def _check_params(model, params: dict, path) -> None:
+    expected = model.params
+    missing = sorted(set(expected) - set(params))
+    extra = sorted(set(params) - set(expected))
+    if missing:
+        raise ModelFileError(f"load: {path}: missing parameter key {missing[0]!r}")
+    if extra:
+        raise ModelFileError(f"load: {path}: unexpected parameter key {extra[0]!r}")
+    for name, arr in expected.items():
+        got = params[name]
+        if got.shape != arr.shape:
+            raise ModelFileError(f"load: {path}: key {name!r} has shape {got.shape}, the model needs {arr.shape}")
+        if got.dtype != arr.dtype:
+            raise ModelFileError(f"load: {path}: key {name!r} has dtype {got.dtype}, the model needs {arr.dtype}")
+
+
+def load(path):
+    """Read a model written by :func:`save`; returns a new Layer/Sequential, bitwise equal."""
+    arch, params = _read(path)
+    model = build(arch.get("type"), arch.get("config"), where=f"load: {os.fspath(path)}")
+    _check_params(model, params, os.fspath(path))
+    for name, arr in model.params.items():
+        arr[...] = params[name]
+    return model
+
+
+def load_weights(model, path) -> None:
+    """Copy the parameters saved in ``path`` into an existing ``model``.
+
+    The file must hold the same parameter names, shapes and dtypes; every check
+    runs before any parameter is written, so on error the model is unchanged.
+    """
+    if not isinstance(model, Layer):
+        raise TypeError(f"load_weights: model must be a fastgrad Layer or Sequential, got {type(model).__name__}")
+    _, params = _read(path)
+    _check_params(model, params, os.fspath(path))
+    for name, arr in model.params.items():
+        arr[...] = params[name]

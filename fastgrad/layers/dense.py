@@ -1,0 +1,65 @@
+"""Dense (fully connected) layer: y_k = sigma(b_k + sum_j w_kj x_j)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from .._checks import activation_code, positive_int
+from .base import Layer, uniform_init
+
+
+class Dense(Layer):
+    """Fully connected layer over a batch, ``x (N, in_features) -> y (N, out_features)``.
+
+    Parameters ``W`` (out_features, in_features) and ``b`` (out_features,), the
+    cheat sheet's ``w_kj`` and ``b_k``.  Initialisation (seedable with ``seed``)
+    is PyTorch's default for ``nn.Linear``: W and b drawn from
+    U(-1/sqrt(in_features), 1/sqrt(in_features)), i.e. scaled by the fan-in.
+
+    float64 input to a float32 layer (and float32 to float64) is converted to
+    the layer's dtype.  ``backward`` accumulates into ``grads`` and returns dx.
+    """
+
+    def __init__(self, in_features, out_features, activation="identity", bias=True, dtype=np.float32, seed=None):
+        super().__init__(dtype)
+        where = "Dense"
+        self.in_features = positive_int(in_features, "in_features", where)
+        self.out_features = positive_int(out_features, "out_features", where)
+        activation_code(activation, where)
+        if not isinstance(bias, (bool, np.bool_)):
+            raise TypeError(f"{where}: bias must be True or False, got {type(bias).__name__}")
+        self.activation = activation
+        self.bias = bool(bias)
+        rng = np.random.default_rng(seed)
+        self._add_param("W", uniform_init(rng, (self.out_features, self.in_features), self.in_features, self.dtype))
+        if self.bias:
+            self._add_param("b", uniform_init(rng, (self.out_features,), self.in_features, self.dtype))
+
+    def forward(self, x):
+        x = self._input(x, ndim=2)
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"Dense.forward: x.shape[1]={x.shape[1]} does not match in_features={self.in_features}")
+        y, self._cache = F.dense_forward(x, self.params["W"], self.params.get("b"), self.activation)
+        return y
+
+    def backward(self, dy):
+        cache = self._saved()
+        dy = self._grad_input(dy, cache.z.shape, self.dtype)
+        dx, dW, db = F.dense_backward(dy, cache)
+        self.grads["W"] += dW
+        if db is not None:
+            self.grads["b"] += db
+        return dx
+
+    def get_config(self):
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "activation": self.activation,
+            "bias": self.bias,
+            "dtype": np.dtype(self.dtype).name,
+        }
+
+    def output_shape(self, input_shape):
+        return (self.out_features,)
