@@ -51,7 +51,8 @@ class MSELoss(Loss):
         diff = pred - target
         scale = 1.0 / pred.size if self.reduction == "mean" else 1.0
         self._grad = (2.0 * scale) * diff
-        return float(np.sum(diff.astype(np.float64) ** 2) * scale)
+        with np.errstate(over="ignore"):  # an overflow is returned as inf; fit() reports it
+            return float(np.sum(diff.astype(np.float64) ** 2) * scale)
 
 
 class CrossEntropyLoss(Loss):

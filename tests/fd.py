@@ -64,3 +64,21 @@ def random_direction_check(loss, x: np.ndarray, grad: np.ndarray, rng, eps: floa
     analytic = float(np.sum(v * grad))
     assert abs(analytic - numeric) <= atol + rtol * abs(numeric), f"directional derivative {analytic!r} vs numeric {numeric!r}"
     return abs(analytic - numeric)
+
+
+def away_from_kinks(x, kinks=(0.0,), margin=0.05):
+    """Push values within `margin` of a kink (ReLU 0, hard_tanh +-1, ...) away from it."""
+    x = np.array(x, copy=True)
+    for k in kinks:
+        near = np.abs(x - k) < margin
+        x[near] = k + np.where(x[near] >= k, margin, -margin) * 2
+    return x
+
+
+KINKS = {
+    "relu": (0.0,),
+    "leaky_relu": (0.0,),
+    "elu": (0.0,),
+    "hard_sigmoid": (-3.0, 3.0),
+    "hard_tanh": (-1.0, 1.0),
+}

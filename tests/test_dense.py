@@ -1,0 +1,183 @@
+"""Dense kernels: reference agreement, finite differences, dtypes, threads."""
+
+import numpy as np
+import pytest
+from fd import KINKS, assert_close, numeric_grad, random_direction_check
+from reference import activation, activation_grad, dense, dense_grads
+
+import fastgrad as fg
+import fastgrad.functional as F
+from fastgrad import _jit
+from fastgrad.kernels import dense as kdense
+
+
+def _problem(rng, N, n, m, act, dtype=np.float64):
+    x = rng.standard_normal((N, n))
+    W = rng.standard_normal((m, n)) / np.sqrt(n)
+    b = rng.standard_normal(m) * 0.5
+    # keep every pre-activation 1e-3 away from the activation's kinks so the
+    # central difference (eps 1e-6) never straddles one
+    z = x @ W.T + b
+    for k in KINKS.get(act, ()):
+        b = b + np.where(np.min(np.abs(z - k), axis=0) < 1e-3, 5e-3, 0.0)
+        z = x @ W.T + b
+    return x.astype(dtype), W.astype(dtype), b.astype(dtype)
+
+
+@pytest.mark.parametrize("act", fg.ACTIVATIONS)
+def test_activation_kernels_match_reference(act, rng):
+    z = rng.standard_normal(200) * 4
+    for k in KINKS.get(act, ()):
+        z = np.where(np.abs(z - k) < 1e-3, z + 1e-2, z)
+    y, cache = F.activation_forward(z, act)
+    np.testing.assert_allclose(y, activation(act, z), rtol=1e-12, atol=1e-14)
+    dz = F.activation_backward(np.ones_like(z), cache)
+    np.testing.assert_allclose(dz, activation_grad(act, z), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("act", fg.ACTIVATIONS)
+def test_dense_forward_backward_match_reference(act, rng):
+    x, W, b = _problem(rng, 5, 7, 4, act)
+    y, cache = F.dense_forward(x, W, b, act)
+    y_ref, z_ref = dense(x, W, b, act)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-13)
+    dy = rng.standard_normal(y.shape)
+    dx, dW, db = F.dense_backward(dy, cache)
+    dx_r, dW_r, db_r = dense_grads(dy, x, W, z_ref, act)
+    for got, want in ((dx, dx_r), (dW, dW_r), (db, db_r)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", fg.ACTIVATIONS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_finite_differences(act, bias, rng):
+    x, W, b = _problem(rng, 3, 4, 5, act)
+    if not bias:
+        b = None
+    y, cache = F.dense_forward(x, W, b, act)
+    u = rng.standard_normal(y.shape)
+    dx, dW, db = F.dense_backward(u, cache)
+
+    def loss():
+        return float(np.sum(u * F.dense_forward(x, W, b, act)[0]))
+
+    assert_close(dx, numeric_grad(loss, x), f"{act} dx")
+    assert_close(dW, numeric_grad(loss, W), f"{act} dW")
+    if bias:
+        assert_close(db, numeric_grad(loss, b), f"{act} db")
+    else:
+        assert db is None
+
+
+def test_dense_random_direction_realistic_shape(rng):
+    x, W, b = _problem(rng, 64, 96, 80, "tanh")
+    y, cache = F.dense_forward(x, W, b, "tanh")
+    u = rng.standard_normal(y.shape)
+    dx, dW, db = F.dense_backward(u, cache)
+
+    def loss():
+        return float(np.sum(u * F.dense_forward(x, W, b, "tanh")[0]))
+
+    for arr, grad in ((x, dx), (W, dW), (b, db)):
+        random_direction_check(loss, arr, grad, rng)
+
+
+@pytest.mark.parametrize("act", ["identity", "tanh", "gelu"])
+def test_float32_agrees_with_float64(act, rng):
+    x, W, b = _problem(rng, 16, 48, 24, act)
+    y64, c64 = F.dense_forward(x, W, b, act)
+    y32, c32 = F.dense_forward(x.astype(np.float32), W.astype(np.float32), b.astype(np.float32), act)
+    assert y32.dtype == np.float32
+    np.testing.assert_allclose(y32, y64, rtol=1e-5, atol=1e-5)
+    dy = rng.standard_normal(y64.shape)
+    g64 = F.dense_backward(dy, c64)
+    g32 = F.dense_backward(dy.astype(np.float32), c32)
+    for a, b_ in zip(g32, g64):
+        assert a.dtype == np.float32
+        # reduction over up to 48 terms of O(1): scale rtol by the length
+        np.testing.assert_allclose(a, b_, rtol=1e-4, atol=1e-4 * np.sqrt(48))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_and_two_threads_bitwise_equal(dtype, rng, threads):
+    # large enough that pick() takes the parallel twin at 2 threads
+    x, W, b = _problem(rng, 64, 128, 96, "silu", dtype)
+    assert 64 * 128 * 96 >= _jit.PARALLEL_MIN_WORK
+
+    def run():
+        y, cache = F.dense_forward(x, W, b, "silu")
+        dy = np.cos(y)  # deterministic upstream gradient
+        return (y, *F.dense_backward(dy, cache))
+
+    one = threads(1, run)
+    two = threads(2, run)
+    for a, b_ in zip(one, two):
+        assert np.array_equal(a, b_)
+
+
+def test_parallel_twin_equals_serial_twin(rng):
+    x, W, b = _problem(rng, 33, 70, 41, "tanh")
+    outs = []
+    for twin in (kdense.dense_forward.serial, kdense.dense_forward.parallel):
+        y = np.full((33, 41), np.nan)
+        z = np.full((33, 41), np.nan)
+        twin(y, z, x, W, b, 2)
+        outs.append((y, z))
+    assert not np.isnan(outs[0][0]).any()
+    assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
+
+
+def test_backward_accumulates_into_layer_grads(rng):
+    layer = fg.Dense(4, 3, dtype=np.float64, seed=0)
+    x = rng.standard_normal((2, 4))
+    dy = rng.standard_normal((2, 3))
+    layer(x)
+    layer.backward(dy)
+    once = {k: v.copy() for k, v in layer.grads.items()}
+    layer(x)
+    layer.backward(dy)
+    for k in once:
+        np.testing.assert_allclose(layer.grads[k], 2 * once[k])
+    layer.zero_grad()
+    assert all(not g.any() for g in layer.grads.values())
+
+
+def test_dense_layer_converts_float64_input_to_float32():
+    layer = fg.Dense(3, 2, seed=0)
+    y = layer(np.ones((1, 3), np.float64))
+    assert y.dtype == np.float32
+    x = np.ones((1, 3))
+    before = x.copy()
+    layer(x)
+    assert np.array_equal(x, before)
+
+
+def test_dense_init_is_seeded_and_fan_in_scaled():
+    a, b = fg.Dense(400, 50, seed=7), fg.Dense(400, 50, seed=7)
+    assert np.array_equal(a.params["W"], b.params["W"])
+    assert np.abs(a.params["W"]).max() <= 1 / np.sqrt(400)
+    assert np.abs(a.params["W"]).max() > 0.9 / np.sqrt(400)
+    assert not np.array_equal(a.params["W"], fg.Dense(400, 50, seed=8).params["W"])
+
+
+def test_gradcheck_passes_every_activation_and_catches_one_percent_error(rng):
+    for act in fg.ACTIVATIONS:
+        fg.gradcheck(fg.Dense(5, 4, act, dtype=np.float64, seed=3), rng.standard_normal((3, 5)))
+
+    class OffByOnePercent(fg.Dense):
+        def backward(self, dy):
+            return 1.01 * super().backward(dy)
+
+    with pytest.raises(fg.GradcheckError) as info:
+        fg.gradcheck(OffByOnePercent(5, 4, "tanh", dtype=np.float64, seed=3), rng.standard_normal((3, 5)))
+    rows = {r.name: r.ok for r in info.value.report.rows}
+    assert rows["x"] is False and rows["W"] is True
+
+    class WeightGradOff(fg.Dense):
+        def backward(self, dy):
+            dx = super().backward(dy)
+            self.grads["W"] *= 1.01
+            return dx
+
+    with pytest.raises(fg.GradcheckError):
+        fg.gradcheck(WeightGradOff(5, 4, "tanh", dtype=np.float64, seed=3), rng.standard_normal((3, 5)))
