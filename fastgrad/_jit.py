@@ -26,6 +26,10 @@ owns the choices that are easy to get subtly wrong when they are spread out:
   process when two Python threads run parallel kernels at once.  Every parallel
   call goes through :func:`pick`, which serialises parallel launches behind a
   lock when that layer is active.
+* **fork safety.**  GNU OpenMP (numba's ``omp`` layer) kills a forked child
+  that launches a parallel region after its parent did.  In such a child
+  :func:`pick` runs the serial twins instead (same results, bitwise), with one
+  warning; use the ``spawn`` start method to get parallel kernels in children.
 """
 
 from __future__ import annotations
@@ -246,14 +250,39 @@ class _Locked:
             return self.fn(*args)
 
 
+_serial_only = False
+
+
+def _after_fork_in_child() -> None:
+    global _serial_only, _LAUNCH_LOCK
+    _LAUNCH_LOCK = threading.RLock()  # a lock held by another parent thread is never released here
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # the parent never ran a parallel kernel: nothing to protect
+        return
+    if layer == "omp":
+        _serial_only = True
+        warnings.warn(
+            "fastgrad: this process was forked after its parent ran parallel kernels on GNU OpenMP, "
+            "which is not fork-safe; kernels run serially here (use multiprocessing's 'spawn' start "
+            "method or NUMBA_THREADING_LAYER=workqueue for parallel kernels in child processes)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def pick(k: Kernel, work: int):
     """The twin of ``k`` to run for ``work`` multiply-adds.
 
-    Serial when the work is small or numba has one thread; the parallel twin
-    otherwise, behind a lock when the workqueue layer is active (it is not
-    re-entrant across Python threads).
+    Serial when the work is small, numba has one thread, or this is a forked
+    child of an OpenMP parent; the parallel twin otherwise, behind a lock when
+    the workqueue layer is active (it is not re-entrant across Python threads).
     """
-    if work < PARALLEL_MIN_WORK or numba.get_num_threads() == 1:
+    if work < PARALLEL_MIN_WORK or _serial_only or numba.get_num_threads() == 1:
         return k.serial
     if _workqueue_active():
         return _Locked(k.parallel)
