@@ -206,11 +206,17 @@ class Kernel:
         return f"<fastgrad kernel {self.__name__}>"
 
 
+#: every kernel declared with @kernel, for warm-up and the specialisation audit
+KERNELS: list[Kernel] = []
+
+
 def kernel(py_func=None, *, fastmath: bool = True):
     """Declare a kernel: returns a :class:`Kernel` with parallel and serial twins."""
 
     def wrap(func):
-        return Kernel(func, fastmath)
+        k = Kernel(func, fastmath)
+        KERNELS.append(k)
+        return k
 
     return wrap if py_func is None else wrap(py_func)
 

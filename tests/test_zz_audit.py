@@ -1,0 +1,142 @@
+"""Audits that run last (file name sorts last): races, parallel loops, specialisations, bounds.
+
+numba hides three failure modes from ordinary tests: a racy ``prange``
+accumulation gives slightly wrong numbers without an error; a ``raise`` or an
+unsupported construct silently turns a parallel loop serial; and arrays of a
+new layout or dtype quietly add compiled specialisations.  Out-of-bounds
+indexing is not checked in compiled code, so the small-shape kernel tests are
+also run once in pure Python (``NUMBA_DISABLE_JIT=1``), where it raises.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+import fastgrad
+import fastgrad.functional as F
+from fastgrad import _jit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ops(dtype):
+    """(name, callable returning a tuple of arrays) on shapes much larger than 2 threads."""
+    rng = np.random.default_rng(7)
+
+    def arr(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    x, W, b = arr(96, 130), arr(70, 130), arr(70)
+    logits = arr(300, 257)
+    labels = rng.integers(0, 257, 300)
+    probs = F.softmax(arr(300, 257))
+    ops = []
+
+    def dense():
+        y, cache = F.dense_forward(x, W, b, "gelu")
+        return (y, *F.dense_backward(np.cos(y), cache))
+
+    def softmax():
+        y = F.softmax(logits)
+        out = F.log_softmax(logits)
+        return y, F.softmax_backward(np.cos(logits), y), out, F.log_softmax_backward(np.cos(logits), out)
+
+    def cross_entropy():
+        return F.cross_entropy(logits, labels)[1], F.cross_entropy(logits, probs)[1]
+
+    def activation():
+        y, cache = F.activation_forward(logits, "silu")
+        return y, F.activation_backward(np.cos(logits), cache)
+
+    ops += [("dense", dense), ("softmax", softmax), ("cross_entropy", cross_entropy), ("activation", activation)]
+    ops += [(name, fn) for name, fn in EXTRA_OPS(dtype)]
+    return ops
+
+
+def EXTRA_OPS(dtype):
+    """Conv, pooling and LSTM ops, from their own test modules' builders when present."""
+    found = []
+    for module in ("test_conv", "test_lstm", "test_pool"):
+        try:
+            mod = __import__(module)
+        except ImportError:
+            continue
+        builder = getattr(mod, "audit_ops", None)
+        if builder is not None:
+            found += builder(dtype)
+    return found
+
+
+def _force(monkeypatch, twin):
+    monkeypatch.setattr(_jit, "pick", lambda k, work: getattr(k, twin))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_parallel_twins_race_free_over_50_runs(dtype, monkeypatch, threads):
+    for name, op in _ops(dtype):
+        _force(monkeypatch, "serial")
+        expected = op()
+        _force(monkeypatch, "parallel")
+
+        def fifty():
+            return [op() for _ in range(50)]
+
+        for run, got in enumerate(threads(2, fifty)):
+            for a, b in zip(got, expected):
+                assert np.array_equal(a, b), f"{name}: run {run} differs from the serial twin"
+
+
+def test_every_parallel_kernel_has_a_parallel_loop():
+    """A fresh parallel compile of each kernel must contain at least one parfor."""
+    checked = 0
+    for k in _jit.KERNELS:
+        sigs = k.parallel.signatures or k.serial.signatures
+        if not sigs:
+            continue
+        fresh = numba.njit(parallel=True, error_model="numpy")(k.py_func)
+        fresh.compile(sigs[0])
+        meta = fresh.get_metadata(fresh.signatures[0])
+        assert len(meta["parfors"]) >= 1 or meta["parfor_diagnostics"].count_parfors() >= 1, f"{k.__name__} runs serially"
+        checked += 1
+    assert checked >= 8
+
+
+def test_at_most_two_specialisations_per_kernel():
+    """After the whole suite (this file runs last), one compiled version per dtype at most."""
+    for k in _jit.KERNELS:
+        for twin in (k.parallel, k.serial):
+            sigs = twin.signatures
+            assert len(sigs) <= 2, f"{k.__name__}: {len(sigs)} specialisations {sigs}"
+
+
+SMALL_KERNEL_TESTS = [
+    "tests/test_dense.py::test_dense_finite_differences",
+    "tests/test_dense.py::test_parallel_twin_equals_serial_twin",
+    "tests/test_softmax.py",
+]
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="already running without the JIT")
+def test_small_kernel_tests_pass_in_pure_python():
+    """Out-of-bounds audit: pure Python raises IndexError where compiled code reads garbage."""
+    targets = list(SMALL_KERNEL_TESTS)
+    for extra in ("tests/test_conv.py", "tests/test_lstm.py", "tests/test_pool.py"):
+        if (ROOT / extra).exists():
+            targets.append(f"{extra}")
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow and not nojit_skip", "-p", "no:cacheprovider", *targets],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "passed" in proc.stdout
+    assert fastgrad.__version__
