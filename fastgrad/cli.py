@@ -87,7 +87,21 @@ def _train(name, epochs, progress):
     return result
 
 
+def _bench(args) -> int:
+    try:
+        from benchmarks.__main__ import main as bench_main
+    except ImportError:
+        print("the benchmarks live in the source tree: run from a clone (python -m benchmarks)", file=sys.stderr)
+        return 2
+    return bench_main(args)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        # everything after "bench" belongs to the benchmark runner (argparse's
+        # REMAINDER would refuse options such as --quick)
+        return _bench(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m fastgrad", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("check", help="gradient-check every layer type")
@@ -96,8 +110,7 @@ def main(argv=None) -> int:
     train.add_argument("--epochs", type=int, default=None)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser("info", help="show versions and configuration")
-    bench = sub.add_parser("bench", help="run the benchmarks (python -m benchmarks)")
-    bench.add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser("bench", help="run the benchmarks (python -m benchmarks ARGS)")
     args = parser.parse_args(argv)
 
     if args.command == "info":
@@ -110,13 +123,6 @@ def main(argv=None) -> int:
     if args.command == "train":
         _train(args.model, args.epochs, not args.quiet)
         return 0
-    if args.command == "bench":
-        try:
-            from benchmarks.__main__ import main as bench_main
-        except ImportError:
-            print("the benchmarks live in the source tree: run from a clone (python -m benchmarks)", file=sys.stderr)
-            return 2
-        return bench_main(args.args)
     # the main job
     from .config import config_text
 

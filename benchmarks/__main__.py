@@ -1,0 +1,245 @@
+"""``python -m benchmarks`` (also ``python -m fastgrad bench ARGS``): the fastgrad benchmark runner.
+
+Times forward and forward+backward of dense, conv2d, LSTM and softmax on fixed
+S/M/L shapes (``benchmarks/cases.py``), float32 and float64, plus one training
+step of the digits MLP and CNN, for fastgrad, a vectorised NumPy peer and
+PyTorch CPU when installed.  PyTorch is optional and never a dependency of
+fastgrad; to include it::
+
+    pip install torch==2.13.0
+
+Every library runs in its own subprocess (``python -m benchmarks.worker``) with
+the same thread count, because numba's and OpenMP's thread pools spin after a
+parallel region and steal each other's cores in one process.  Separate processes
+also measure the machine's peak (a NumPy GEMM) and fastgrad's compile times
+(cold: a fresh FASTGRAD_CACHE_DIR; warm: a second process on the same directory).
+
+Outputs (``--out-dir``, default ``benchmarks/results``): ``latest.json`` (all
+timings, machine, versions, threads, date, load average), ``latest.md`` (the
+table) and ``latest.png`` (ratio chart, needs matplotlib); ``--quick`` writes
+``quick.*`` instead, so it never overwrites a full run.  ``--update-readme`` also puts
+the table between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` in README.md.
+
+Examples::
+
+    python -m benchmarks --quick                 # ~2 minutes: S and M shapes, few repeats
+    python -m benchmarks                         # the full run (quiet machine!)
+    python -m benchmarks --ops dense,softmax --sizes L --libs fastgrad,torch --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+from . import report
+from .cases import DTYPES, OPS, all_cases
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBS = ("numpy", "fastgrad", "torch")
+
+#: (repeats, min_repeats, warmup, budget seconds per timed pass, GEMM repeats)
+FULL = (30, 5, 3, 5.0, 7)
+QUICK = (5, 3, 1, 0.5, 3)
+
+
+def _csv(text: str, allowed, what: str) -> list:
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in items if s not in allowed]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"{what}: {','.join(bad) or 'nothing'} not in {','.join(allowed)}")
+    return items
+
+
+def _child_env(threads: int, extra=None) -> dict:
+    """Environment of a worker: every thread pool the same size, the repo importable."""
+    env = os.environ.copy()
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        env[var] = str(threads)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.update(extra or {})
+    return env
+
+
+def _run_worker(args: list, json_path: Path, threads: int, timeout: float, extra_env=None):
+    """Run one worker; its result JSON (possibly partial after a crash or timeout) or None."""
+    cmd = [sys.executable, "-m", "benchmarks.worker", *args, "--json", str(json_path), "--threads", str(threads)]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=_child_env(threads, extra_env), timeout=timeout)
+        if proc.returncode != 0:
+            print(f"benchmarks: worker {' '.join(args[:2])} exited with {proc.returncode}", file=sys.stderr)
+    except subprocess.TimeoutExpired:
+        print(f"benchmarks: worker {' '.join(args[:2])} timed out after {timeout:.0f} s (partial results kept)", file=sys.stderr)
+    data = None
+    if json_path.exists():
+        import json
+
+        try:
+            data = json.loads(json_path.read_text())
+        except ValueError:
+            data = None
+    if data is not None:
+        data["wall_s"] = time.perf_counter() - start
+    return data
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _loadavg():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):  # not on every platform
+        return None
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def parse_args(argv):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # python -m fastgrad bench -- ARGS passes the separator on
+        argv = argv[1:]
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description="fastgrad vs NumPy vs PyTorch CPU benchmarks")
+    p.add_argument("--quick", action="store_true", help="S and M shapes, few repeats (~1-2 minutes); numbers are noisy")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every library (default: all cores)")
+    p.add_argument("--ops", type=lambda s: _csv(s, OPS, "--ops"), default=list(OPS), help=f"comma list of {','.join(OPS)}")
+    p.add_argument("--sizes", type=lambda s: _csv(s, ("S", "M", "L"), "--sizes"), default=None,
+                   help="comma list of S,M,L (default S,M,L; --quick: S,M)")
+    p.add_argument("--dtypes", type=lambda s: _csv(s, DTYPES, "--dtypes"), default=list(DTYPES))
+    p.add_argument("--libs", type=lambda s: _csv(s, LIBS, "--libs"), default=list(LIBS))
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per pass (upper bound)")
+    p.add_argument("--budget", type=float, default=None, help="seconds per timed pass before stopping at min repeats")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per worker process (default 900 quick, 5400 full)")
+    p.add_argument("--no-compile", action="store_true", help="skip the cold/warm compile-time probes")
+    p.add_argument("--no-peak", action="store_true", help="skip the GEMM peak measurement")
+    p.add_argument("--no-check", action="store_true", help="skip the correctness guard against the NumPy peer")
+    p.add_argument("--no-plot", action="store_true", help="do not write the PNG chart")
+    p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--name", default=None, help="output file stem (default latest; --quick: quick, never overwriting a full run)")
+    p.add_argument("--update-readme", action="store_true", help="write the table into README.md between the bench markers")
+    args = p.parse_args(argv)
+    if args.threads < 1:
+        p.error("--threads must be >= 1")
+    if args.sizes is None:
+        args.sizes = ["S", "M"] if args.quick else ["S", "M", "L"]
+    if args.name is None:
+        args.name = "quick" if args.quick else "latest"
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    repeats, min_repeats, warmup, budget, gemm_repeats = QUICK if args.quick else FULL
+    repeats = args.repeats or repeats
+    min_repeats = min(min_repeats, repeats)
+    budget = args.budget if args.budget is not None else budget
+    timeout = args.timeout or (900.0 if args.quick else 5400.0)
+    cases = all_cases(args.ops, args.sizes)
+    if not cases:
+        print("benchmarks: no case matches --ops/--sizes", file=sys.stderr)
+        return 2
+    if args.threads > (os.cpu_count() or 1):
+        print(f"benchmarks: warning: --threads {args.threads} exceeds the {os.cpu_count()} cores", file=sys.stderr)
+
+    data = {
+        "meta": {
+            "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "quick": args.quick,
+            "threads": args.threads,
+            "cores": os.cpu_count(),
+            "cpu": _cpu_name(),
+            "machine": platform.platform(),
+            "python": platform.python_version(),
+            "numpy": _version("numpy"),
+            "numba": _version("numba"),
+            "torch": _version("torch"),
+            "argv": list(argv) if argv is not None else sys.argv[1:],
+            "repeats": repeats, "min_repeats": min_repeats, "warmup": warmup, "budget_s": budget,
+            "cases": [c.id for c in cases], "dtypes": args.dtypes,
+            # a busy machine makes every number noisy: the report prints these next to the results
+            "loadavg_start": _loadavg(),
+        },
+        "peak": None,
+        "compile": {},
+        "libs": {},
+        "rows": [],
+    }
+    timing = ["--warmup", str(warmup), "--repeats", str(repeats), "--min-repeats", str(min_repeats), "--budget", str(budget)]
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fastgrad-bench-") as tmp:
+        tmp = Path(tmp)
+        if not args.no_peak:
+            print("== peak: NumPy GEMM", file=sys.stderr, flush=True)
+            data["peak"] = _run_worker(["--peak", "--repeats", str(gemm_repeats), "--min-repeats", "2", "--budget", "2"],
+                                       tmp / "peak.json", args.threads, timeout)
+        # numpy first: its worker saves the reference outputs the other workers' correctness guard loads
+        (tmp / "ref").mkdir()
+        for lib in sorted(args.libs, key=lambda name: name != "numpy"):
+            print(f"== {lib}", file=sys.stderr, flush=True)
+            cmd = ["--lib", lib, "--cases", ",".join(c.id for c in cases), "--dtypes", ",".join(args.dtypes), *timing]
+            cmd += ["--no-check"] if args.no_check else ["--ref-dir", str(tmp / "ref")]
+            res = _run_worker(cmd, tmp / f"{lib}.json", args.threads, timeout)
+            if res is None:
+                data["libs"][lib] = {"version": None, "error": "worker produced no results"}
+                continue
+            data["libs"][lib] = {"version": res.get("version"), "error": res.get("error"), "wall_s": res.get("wall_s")}
+            data["rows"] += res.get("rows", [])
+        if not args.no_compile:
+            cache = tmp / "cache"  # fresh: nothing compiled yet
+            cache.mkdir()
+            for mode in ("cold", "warm"):
+                print(f"== compile: {mode} cache", file=sys.stderr, flush=True)
+                data["compile"][mode] = _run_worker(["--compile", mode], tmp / f"compile_{mode}.json", args.threads, timeout,
+                                                    {"FASTGRAD_CACHE_DIR": str(cache)})
+            shutil.rmtree(cache, ignore_errors=True)
+    data["meta"]["total_s"] = time.perf_counter() - start
+    data["meta"]["loadavg_end"] = _loadavg()
+
+    out_dir = args.out_dir
+    report.write_json(data, out_dir / f"{args.name}.json")
+    report.write_markdown(data, out_dir / f"{args.name}.md")
+    written = [out_dir / f"{args.name}.json", out_dir / f"{args.name}.md"]
+    if not args.no_plot:
+        if report.write_png(data, out_dir / f"{args.name}.png"):
+            written.append(out_dir / f"{args.name}.png")
+        else:
+            print("benchmarks: no PNG (matplotlib not installed or nothing to plot)", file=sys.stderr)
+    print(report.markdown(data))
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    if args.update_readme:
+        from .update_readme import update_readme
+
+        try:
+            update_readme(ROOT / "README.md", report.readme_block(data))
+            print("updated README.md bench block", file=sys.stderr)
+        except (OSError, ValueError) as exc:
+            print(f"benchmarks: README.md not updated: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
