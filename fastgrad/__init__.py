@@ -17,7 +17,21 @@ from .config import get_num_threads, set_num_threads, show_config, warmup
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck
 from .io import ModelFileError, load, load_weights, save
 from .kernels.activations import ACTIVATIONS
-from .layers import Activation, Dense, Flatten, Layer, LogSoftmax, Softmax
+from .layers import (
+    Activation,
+    AvgPool1D,
+    AvgPool2D,
+    Conv1D,
+    Conv2D,
+    Dense,
+    Flatten,
+    Layer,
+    LogSoftmax,
+    LSTM,
+    MaxPool1D,
+    MaxPool2D,
+    Softmax,
+)
 from .losses import CrossEntropyLoss, MSELoss
 from .model import Sequential
 from .optim import SGD, Adam, clip_grad_norm
@@ -32,6 +46,13 @@ __all__ = [
     "Softmax",
     "LogSoftmax",
     "Flatten",
+    "Conv1D",
+    "Conv2D",
+    "MaxPool1D",
+    "MaxPool2D",
+    "AvgPool1D",
+    "AvgPool2D",
+    "LSTM",
     "Sequential",
     "MSELoss",
     "CrossEntropyLoss",

@@ -36,6 +36,31 @@ def check_cases():
         ("Softmax[axis=0]", fg.Softmax(axis=0), _rng_x((4, 3))),
         ("LogSoftmax", fg.LogSoftmax(), _rng_x((3, 6))),
         ("Flatten", fg.Flatten(), _rng_x((2, 3, 2))),
+        ("Conv1D[stride 2, same]", fg.Conv1D(2, 3, 3, stride=2, padding="same", activation="tanh", dtype=np.float64, seed=6),
+         _rng_x((2, 2, 7))),
+        ("Conv2D[dilation, groups]", fg.Conv2D(4, 4, 3, padding=1, dilation=2, groups=2, activation="elu", dtype=np.float64, seed=7),
+         _rng_x((2, 4, 6, 5))),
+        ("Conv2D[untied bias]", fg.Conv2D(2, 3, (2, 3), stride=(1, 2), bias="untied", input_size=(5, 6), dtype=np.float64, seed=8),
+         _rng_x((2, 2, 5, 6))),
+        ("MaxPool2D", fg.MaxPool2D(2), _rng_x((2, 3, 4, 4))),
+        ("AvgPool1D[pad]", fg.AvgPool1D(3, stride=2, padding=1), _rng_x((2, 3, 7))),
+        (
+            "Sequential[CNN]",
+            fg.Sequential(
+                fg.Conv2D(1, 3, 3, padding="same", activation="relu", dtype=np.float64, seed=9),
+                fg.MaxPool2D(2),
+                fg.Flatten(),
+                fg.Dense(12, 4, dtype=np.float64, seed=10),
+            ),
+            _rng_x((2, 1, 4, 4)) + 0.05,
+        ),
+        ("LSTM", fg.LSTM(3, 4, dtype=np.float64, seed=11), _rng_x((5, 2, 3))),
+        ("LSTM[2 layers, bidir]", fg.LSTM(3, 3, num_layers=2, bidirectional=True, dtype=np.float64, seed=12), _rng_x((4, 2, 3))),
+        (
+            "LSTM[gelu gates, last h]",
+            fg.LSTM(3, 4, return_sequences=False, activations={"n": "gelu", "h": "softplus"}, dtype=np.float64, seed=13),
+            _rng_x((6, 2, 3)),
+        ),
         (
             "Sequential[MLP]",
             fg.Sequential(

@@ -136,3 +136,32 @@ def _warm_softmax(dt):
     F.log_softmax_backward(np.ones_like(out), out)
     F.cross_entropy(x, np.array([0, 2]))
     F.cross_entropy(x, F.softmax(_tiny((2, 3), dt, 1)))
+
+
+@register_warmup("conv")
+def _warm_conv(dt):
+    from . import functional as F
+
+    for x, K in ((_tiny((1, 2, 5), dt), _tiny((2, 2, 3), dt)), (_tiny((1, 2, 5, 5), dt), _tiny((2, 2, 3, 3), dt))):
+        y, cache = F.conv_forward(x, K, _tiny((2,), dt), padding=1, activation="relu")
+        F.conv_backward(np.ones_like(y), cache)
+
+
+@register_warmup("pool")
+def _warm_pool(dt):
+    from . import functional as F
+
+    for x in (_tiny((1, 2, 4), dt), _tiny((1, 2, 4, 4), dt)):
+        for fwd, bwd in ((F.max_pool_forward, F.max_pool_backward), (F.avg_pool_forward, F.avg_pool_backward)):
+            y, cache = fwd(x, 2)
+            bwd(np.ones_like(y), cache)
+
+
+@register_warmup("lstm")
+def _warm_lstm(dt):
+    from . import functional as F
+
+    hidden, features = 3, 2
+    x = _tiny((2, 2, features), dt)
+    (y, _), cache = F.lstm_forward(x, _tiny((4, hidden, hidden + features), dt), _tiny((4, hidden), dt))
+    F.lstm_backward(np.ones_like(y), cache)

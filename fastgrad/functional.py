@@ -256,3 +256,14 @@ def _labels_or_none(target, N: int, C: int, where: str):
     if arr.size and (arr.min() < 0 or arr.max() >= C):
         raise ValueError(f"{where}: labels must be in [0, {C}), got values in [{arr.min()}, {arr.max()}]")
     return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------
+# convolution and pooling (fastgrad/_functional_conv.py), LSTM (_functional_lstm.py)
+# --------------------------------------------------------------------------
+from ._functional_conv import *  # noqa: E402,F401,F403
+from ._functional_conv import __all__ as _conv_all  # noqa: E402
+from ._functional_lstm import *  # noqa: E402,F401,F403
+from ._functional_lstm import __all__ as _lstm_all  # noqa: E402
+
+__all__ += _conv_all + _lstm_all

@@ -2,6 +2,12 @@
 
 from .base import Layer
 from .core import Activation, Flatten, LogSoftmax, Softmax
+from .conv import Conv1D, Conv2D
 from .dense import Dense
+from .lstm import LSTM
+from .pool import AvgPool1D, AvgPool2D, MaxPool1D, MaxPool2D
 
-__all__ = ["Layer", "Dense", "Activation", "Softmax", "LogSoftmax", "Flatten"]
+__all__ = [
+    "Layer", "Dense", "Activation", "Softmax", "LogSoftmax", "Flatten",
+    "Conv1D", "Conv2D", "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "LSTM",
+]

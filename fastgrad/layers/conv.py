@@ -1,0 +1,148 @@
+"""Convolution layers Conv1D and Conv2D: Z_k = B_k + sum_j X_j (star) K_kj, Y_k = sigma(Z_k)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _functional_conv as FC
+from .._checks import activation_code, positive_int
+from .base import Layer, uniform_init
+
+_BIAS_MODES = ("tied", "untied", None)
+
+
+class _ConvND(Layer):
+    """Shared implementation; subclasses set ``nd`` (spatial dims)."""
+
+    nd = 2
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias="tied",
+        activation="identity",
+        input_size=None,
+        dtype=np.float32,
+        seed=None,
+    ):
+        super().__init__(dtype)
+        where = type(self).__name__
+        nd = self.nd
+        self.in_channels = positive_int(in_channels, "in_channels", where)
+        self.out_channels = positive_int(out_channels, "out_channels", where)
+        self.kernel_size = FC.per_dim(kernel_size, nd, "kernel_size", where)
+        self.stride = FC.per_dim(stride, nd, "stride", where)
+        self.dilation = FC.per_dim(dilation, nd, "dilation", where)
+        self.groups = positive_int(groups, "groups", where)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(
+                f"{where}: groups={self.groups} must divide in_channels={self.in_channels} and out_channels={self.out_channels}"
+            )
+        activation_code(activation, where)
+        self.activation = activation
+        if bias is True:
+            bias = "tied"
+        elif bias is False:
+            bias = None
+        if bias not in _BIAS_MODES:
+            raise ValueError(f"{where}: bias must be 'tied', 'untied' or None, got {bias!r}"[:290])
+        self.bias = bias
+        self.input_size = None if input_size is None else FC.per_dim(input_size, nd, "input_size", where)
+        # validates the padding spec now (the input size only matters for "same")
+        FC.resolve_padding(padding, self.input_size or (1,) * nd, self.kernel_size, self.stride, self.dilation, where)
+        self.padding = padding if isinstance(padding, str) else _jsonable(padding)
+        if bias == "untied" and self.input_size is None:
+            raise ValueError(f"{where}: bias='untied' (one bias per output position) needs input_size")
+        rng = np.random.default_rng(seed)
+        cg = self.in_channels // self.groups
+        fan_in = cg * int(np.prod(self.kernel_size))
+        self._add_param("K", uniform_init(rng, (self.out_channels, cg) + self.kernel_size, fan_in, self.dtype))
+        if bias == "tied":
+            self._add_param("B", uniform_init(rng, (self.out_channels,), fan_in, self.dtype))
+        elif bias == "untied":
+            out = FC.conv_output_shape(self.input_size, self.kernel_size, self.stride, self.padding, self.dilation, where)
+            self._add_param("B", uniform_init(rng, (self.out_channels,) + out, fan_in, self.dtype))
+
+    def forward(self, x):
+        where = self._where("forward")
+        x = self._input(x, ndim=self.nd + 2)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"{where}: x.shape[1]={x.shape[1]} does not match in_channels={self.in_channels}")
+        if self.bias == "untied" and tuple(x.shape[2:]) != self.input_size:
+            raise ValueError(
+                f"{where}: untied bias was built for input_size={self.input_size}, got spatial size {tuple(x.shape[2:])}"
+            )
+        y, self._cache = FC._conv_forward(
+            x, self.params["K"], self.params.get("B"), self.stride, self.padding, self.dilation,
+            self.groups, self.activation, None, where,
+        )
+        return y
+
+    def backward(self, dy):
+        cache = self._saved()
+        dx = np.zeros_like(cache.x)
+        dK = self.grads["K"].reshape(cache.K.shape)  # views: the kernels accumulate into grads
+        dB = None if cache.B is None else self.grads["B"].reshape(cache.B.shape)
+        FC._conv_backward_into(dx, dK, dB, dy, cache, None, self._where("backward"))
+        return dx if self.nd == 2 else dx.reshape(dx.shape[:2] + dx.shape[3:])
+
+    def get_config(self):
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": self.padding,
+            "dilation": list(self.dilation),
+            "groups": self.groups,
+            "bias": self.bias,
+            "activation": self.activation,
+            "input_size": None if self.input_size is None else list(self.input_size),
+            "dtype": np.dtype(self.dtype).name,
+        }
+
+    def output_shape(self, input_shape):
+        where = self._where("output_shape")
+        spatial = tuple(int(s) for s in input_shape[1:])
+        if len(input_shape) != self.nd + 1:
+            raise ValueError(f"{where}: input_shape must be (C, *{self.nd} spatial dims), got {tuple(input_shape)}")
+        out = FC.conv_output_shape(spatial, self.kernel_size, self.stride, self.padding, self.dilation, where)
+        return (self.out_channels,) + out
+
+
+def _jsonable(padding):
+    """Tuples -> lists (JSON round trip); ints stay ints."""
+    if isinstance(padding, (tuple, list)):
+        return [_jsonable(p) for p in padding]
+    return int(padding)
+
+
+class Conv1D(_ConvND):
+    """1-D convolution, ``x (N, C, L) -> y (N, M, Lo)``; params ``K`` (M, C // groups, k), ``B``.
+
+    Arguments as :class:`Conv2D` with one int per option (or a 1-tuple).
+    """
+
+    nd = 1
+
+
+class Conv2D(_ConvND):
+    """2-D convolution, ``x (N, C, H, W) -> y (N, M, Ho, Wo)`` (the cheat sheet's convolutional layer).
+
+    Parameters ``K`` (M, C // groups, kh, kw) and ``B``: (M,) for ``bias="tied"``
+    (default, one bias per output channel as PyTorch), (M, Ho, Wo) for
+    ``bias="untied"`` (the cheat sheet's full bias maps; needs ``input_size``),
+    absent for ``bias=None``.  stride/padding/dilation/groups as
+    :func:`fastgrad.functional.conv_forward` (padding "same" works with stride:
+    out = ceil(in / stride)).  Initialisation as PyTorch: U(-1/sqrt(fan_in),
+    1/sqrt(fan_in)) with fan_in = C // groups * kh * kw.  The activation is
+    fused: backward uses dL/dz = dL/dy * sigma'(z) from the saved pre-activation.
+    """
+
+    nd = 2

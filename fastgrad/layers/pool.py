@@ -1,0 +1,64 @@
+"""Pooling layers: MaxPool1D/2D and AvgPool1D/2D (no parameters)."""
+
+from __future__ import annotations
+
+from .. import _functional_conv as FC
+from .base import Layer
+
+
+class _Pool(Layer):
+    nd = 2
+    kind = "max"
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        where = type(self).__name__
+        self.kernel_size, self.stride, self.padding = FC._pool_options(self.nd, kernel_size, stride, padding, where)
+
+    def forward(self, x):
+        x = self._input(x, ndim=self.nd + 2)
+        y, self._cache = FC._pool_forward(self.kind, x, self.kernel_size, self.stride, self.padding, None, self._where("forward"))
+        return y
+
+    def backward(self, dy):
+        return FC._pool_backward(dy, self._saved(), self.kind, self._where("backward"), None)
+
+    def get_config(self):
+        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding)}
+
+    def output_shape(self, input_shape):
+        where = self._where("output_shape")
+        if len(input_shape) != self.nd + 1:
+            raise ValueError(f"{where}: input_shape must be (C, *{self.nd} spatial dims), got {tuple(input_shape)}")
+        out = FC.pool_output_shape(tuple(input_shape[1:]), self.kernel_size, self.stride, self.padding, where)
+        return (int(input_shape[0]),) + out
+
+
+class MaxPool1D(_Pool):
+    """Max over windows of ``x (N, C, L)``; padding reads -inf; ties go to the first index."""
+
+    nd = 1
+    kind = "max"
+
+
+class MaxPool2D(_Pool):
+    """Max over windows of ``x (N, C, H, W)``; ``stride=None`` means kernel_size; padding <= kernel_size // 2
+    reads -inf; ties go to the first index (row-major in the window); NaN propagates.
+    """
+
+    nd = 2
+    kind = "max"
+
+
+class AvgPool1D(_Pool):
+    """Mean over windows of ``x (N, C, L)``; padding counts in the divisor (count_include_pad=True)."""
+
+    nd = 1
+    kind = "avg"
+
+
+class AvgPool2D(_Pool):
+    """Mean over windows of ``x (N, C, H, W)``; zero padding counts in the divisor (PyTorch's default)."""
+
+    nd = 2
+    kind = "avg"
