@@ -22,6 +22,7 @@ import numbers
 
 import numpy as np
 
+from . import _jit
 from .kernels.util import all_finite
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -101,7 +102,7 @@ def as_array(
         arr = np.ascontiguousarray(arr)
     if check_finite is None:
         check_finite = _check_finite_default
-    if check_finite and arr.size and not all_finite(arr.reshape(-1)):
+    if check_finite and arr.size and not _jit.pick(all_finite, arr.size)(arr.reshape(-1)):
         raise ValueError(
             f"{where}: {name} contains NaN or Inf (pass check_finite=False or call "
             "fastgrad.set_check_finite(False) to let it propagate)"

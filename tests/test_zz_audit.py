@@ -53,7 +53,26 @@ def _ops(dtype):
         y, cache = F.activation_forward(logits, "silu")
         return y, F.activation_backward(np.cos(logits), cache)
 
+    xc, Kc, Bc = arr(6, 4, 19, 17), arr(8, 2, 3, 3), arr(8)
+
+    def conv():
+        y, cache = F.conv_forward(xc, Kc, Bc, stride=(2, 1), padding="same", dilation=(1, 2), groups=2, activation="tanh")
+        return (y, *F.conv_backward(np.cos(y), cache))
+
+    def pool():
+        ym, cm = F.max_pool_forward(xc, 3, stride=2, padding=1)
+        ya, ca = F.avg_pool_forward(xc, 2)
+        return ym, F.max_pool_backward(np.cos(ym), cm), ya, F.avg_pool_backward(np.cos(ya), ca)
+
     ops += [("dense", dense), ("softmax", softmax), ("cross_entropy", cross_entropy), ("activation", activation)]
+    xl, Wl, bl = arr(9, 24, 5), arr(4, 16, 21) * 0.3, arr(4, 16)
+    lengths = np.array([9, 3] * 12)
+
+    def lstm():
+        (y, (hT, cT)), cache = F.lstm_forward(xl, Wl, bl, lengths=lengths)
+        return (y, hT, cT, *F.lstm_backward(np.cos(y), cache, dhT=np.sin(hT), dcT=np.cos(cT)))
+
+    ops += [("conv", conv), ("pool", pool), ("lstm", lstm)]
     ops += [(name, fn) for name, fn in EXTRA_OPS(dtype)]
     return ops
 

@@ -1,0 +1,183 @@
+"""Functional LSTM (re-exported by ``fastgrad.functional``): validate, allocate, call kernels.
+
+``lstm_forward(x, W, b, h0, c0, activations, lengths)`` returns
+``((y, (hT, cT)), cache)`` and ``lstm_backward(dy, cache, dhT, dcT)`` returns
+``(dx, dW, db, dh0, dc0)``.  Layout: x (T, N, I) time first; W (4, H, H+I)
+with gates (f, i, o, n) acting on [h_{t-1}, x_t]; b (4, H).  The equations are
+in :mod:`fastgrad.kernels.lstm`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _jit
+from ._checks import activation_code, as_array, check_alloc, check_shape
+from .kernels import lstm as _lstm
+
+__all__ = ["LSTM_DEFAULT_ACTIVATIONS", "LSTM_GATES", "LSTMCache", "lstm_backward", "lstm_forward"]
+
+#: activation slots of the cheat sheet: sigma_f, sigma_i, sigma_o, sigma_n, sigma_h
+LSTM_GATES = ("f", "i", "o", "n", "h")
+LSTM_DEFAULT_ACTIVATIONS = {"f": "sigmoid", "i": "sigmoid", "o": "sigmoid", "n": "tanh", "h": "tanh"}
+
+_NO_DY = {np.dtype(np.float32): np.zeros((0, 0, 0), np.float32), np.dtype(np.float64): np.zeros((0, 0, 0), np.float64)}
+
+
+class LSTMCache(NamedTuple):
+    """What lstm_backward needs: saved per-step tensors, parameters, options.
+
+    hx (T, N, H+I) rows [h_{t-1}, x_t]; z, a (T, N, 4, H) gate pre-activations
+    and activations; c (T+1, N, H) cell states with c[0] = c0; sh (T, N, H)
+    sigma_h(c_t); W, b as given; lengths (N,) int64; activations the full dict;
+    codes (5,) int64 kernel codes.
+    """
+
+    hx: np.ndarray
+    z: np.ndarray
+    a: np.ndarray
+    c: np.ndarray
+    sh: np.ndarray
+    W: np.ndarray
+    b: np.ndarray
+    lengths: np.ndarray
+    activations: dict
+    codes: np.ndarray
+
+
+def lstm_activations(activations, where: str) -> dict:
+    """The full {"f","i","o","n","h"} dict (defaults filled in), validated."""
+    if activations is None:
+        return dict(LSTM_DEFAULT_ACTIVATIONS)
+    if not isinstance(activations, dict):
+        raise TypeError(f"{where}: activations must be a dict with keys f, i, o, n, h or None, got {type(activations).__name__}")
+    unknown = [k for k in activations if k not in LSTM_DEFAULT_ACTIVATIONS]
+    if unknown:
+        raise ValueError(f"{where}: unknown activations key {unknown[0]!r}; expected keys among f, i, o, n, h"[:299])
+    full = dict(LSTM_DEFAULT_ACTIVATIONS)
+    for key, name in activations.items():
+        activation_code(name, where, f"activations[{key!r}]")
+        full[key] = name
+    return full
+
+
+def lstm_lengths(lengths, T: int, N: int, where: str) -> np.ndarray:
+    """lengths (N,) of ints in [1, T] as int64 (all T when None); floats/bools refused."""
+    if lengths is None:
+        return np.full(N, T, np.int64)
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{where}: lengths must be integers (N,), got dtype {arr.dtype}")
+    if arr.shape != (N,):
+        raise ValueError(f"{where}: lengths must have shape ({N},) (one per sequence), got {arr.shape}")
+    if N and (arr.min() < 1 or arr.max() > T):
+        raise ValueError(f"{where}: lengths must be in [1, T={T}], got values in [{arr.min()}, {arr.max()}]")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _same_dtype(arr, ref, name, where):
+    if arr.dtype != ref.dtype:
+        raise TypeError(f"{where}: {name} has dtype {arr.dtype} but x has dtype {ref.dtype}; they must match")
+
+
+def _state(s, name, N, H, x, where, check_finite):
+    if s is None:
+        return np.zeros((N, H), x.dtype)
+    s = as_array(s, name, where, ndim=2, check_finite=check_finite)
+    _same_dtype(s, x, name, where)
+    check_shape(s, (N, H), name, where)
+    return s
+
+
+def lstm_forward(x, W, b, h0=None, c0=None, activations=None, lengths=None, *, check_finite=None):
+    """LSTM over a batch of sequences; returns ``((y, (hT, cT)), cache)``.
+
+    x (T, N, I); W (4, H, H+I) gates (f, i, o, n) on [h_{t-1}, x_t]; b (4, H);
+    h0, c0 (N, H) or None for zeros; activations dict with keys among
+    "f","i","o","n","h" (defaults sigmoid, sigmoid, sigmoid, tanh, tanh);
+    lengths (N,) ints in [1, T] or None: steps t >= lengths[n] are padding
+    (output 0, state unchanged, no gradient) and (hT, cT) is each sequence's
+    state at its own last step.  y (T, N, H); hT, cT (N, H).
+    """
+    where = "lstm_forward"
+    acts = lstm_activations(activations, where)
+    x = as_array(x, "x", where, ndim=3, check_finite=check_finite)
+    W = as_array(W, "W", where, ndim=3, check_finite=check_finite)
+    b = as_array(b, "b", where, ndim=2, check_finite=check_finite)
+    _same_dtype(W, x, "W", where)
+    _same_dtype(b, x, "b", where)
+    T, N, n_in = x.shape
+    if T == 0:
+        raise ValueError(f"{where}: x has zero time steps (shape {x.shape}); T must be >= 1")
+    if N == 0:
+        raise ValueError(f"{where}: x has an empty batch (shape {x.shape})")
+    if n_in == 0:
+        raise ValueError(f"{where}: x has zero input features (shape {x.shape})")
+    if W.shape[0] != 4 or W.shape[1] == 0:
+        raise ValueError(f"{where}: W must have shape (4, H, H+I) with H >= 1 (gates f, i, o, n), got {W.shape}")
+    H = W.shape[1]
+    if W.shape[2] != H + n_in:
+        raise ValueError(f"{where}: W.shape[2]={W.shape[2]} must be H+I={H}+{n_in}={H + n_in} (W acts on [h_(t-1), x_t])")
+    check_shape(b, (4, H), "b", where)
+    h0 = _state(h0, "h0", N, H, x, where, check_finite)
+    c0 = _state(c0, "c0", N, H, x, where, check_finite)
+    lens = lstm_lengths(lengths, T, N, where)
+    check_alloc((T, N, 11 * H + n_in), x.dtype, where)
+    dt = x.dtype
+    y = np.empty((T, N, H), dt)
+    hT = np.empty((N, H), dt)
+    cT = np.empty((N, H), dt)
+    hx = np.empty((T, N, H + n_in), dt)
+    z = np.empty((T, N, 4, H), dt)
+    a = np.empty((T, N, 4, H), dt)
+    c = np.empty((T + 1, N, H), dt)
+    sh = np.empty((T, N, H), dt)
+    codes = np.array([activation_code(acts[g], where) for g in LSTM_GATES], np.int64)
+    work = T * N * 4 * H * (H + n_in)
+    _jit.pick(_lstm.lstm_forward, work)(y, hT, cT, hx, z, a, c, sh, x, W, b, h0, c0, lens, codes)
+    return (y, (hT, cT)), LSTMCache(hx, z, a, c, sh, W, b, lens, acts, codes)
+
+
+def lstm_backward(dy, cache, dhT=None, dcT=None, *, check_finite=None):
+    """Full BPTT for lstm_forward; returns ``(dx, dW, db, dh0, dc0)``.
+
+    dy (T, N, H) upstream gradient on every output h_t, or None; dhT, dcT
+    (N, H) upstream gradients on the final state, or None.  Any combination may
+    be given (None counts as zeros).  Gradients at padded steps are ignored.
+    """
+    where = "lstm_backward"
+    if cache is None:
+        raise ValueError(f"{where}: no cache; call lstm_forward first and pass the cache it returned")
+    if not isinstance(cache, LSTMCache):
+        raise TypeError(f"{where}: cache must be the LSTMCache returned by lstm_forward, got {type(cache).__name__}")
+    hx, z, a, c, sh, W, b, lens, _acts, codes = cache
+    T, N = hx.shape[:2]
+    H = W.shape[1]
+    n_in = W.shape[2] - H
+    dt = hx.dtype
+    if dy is None:
+        dy = _NO_DY[dt]
+    else:
+        dy = as_array(dy, "dy", where, dtype=dt, check_finite=check_finite)
+        check_shape(dy, (T, N, H), "dy", where)
+    if dhT is None:
+        dhT = np.zeros((N, H), dt)
+    else:
+        dhT = as_array(dhT, "dhT", where, dtype=dt, check_finite=check_finite)
+        check_shape(dhT, (N, H), "dhT", where)
+    if dcT is None:
+        dcT = np.zeros((N, H), dt)
+    else:
+        dcT = as_array(dcT, "dcT", where, dtype=dt, check_finite=check_finite)
+        check_shape(dcT, (N, H), "dcT", where)
+    dx = np.empty((T, N, n_in), dt)
+    dW = np.zeros_like(W)
+    db = np.zeros_like(b)
+    dh0 = np.empty((N, H), dt)
+    dc0 = np.empty((N, H), dt)
+    dz = np.empty((T, N, 4, H), dt)
+    work = 2 * T * N * 4 * H * (H + n_in)
+    _jit.pick(_lstm.lstm_backward, work)(dx, dW, db, dh0, dc0, dz, dy, dhT, dcT, hx, z, a, c, sh, W, lens, codes)
+    return dx, dW, db, dh0, dc0
