@@ -142,12 +142,19 @@ def load(path):
 def load_weights(model, path) -> None:
     """Copy the parameters saved in ``path`` into an existing ``model``.
 
-    The file must hold the same parameter names, shapes and dtypes; every check
-    runs before any parameter is written, so on error the model is unchanged.
+    The file must describe the same architecture and hold the same parameter
+    names, shapes and dtypes; every check runs before any parameter is written,
+    so on error the model is unchanged.
     """
     if not isinstance(model, Layer):
         raise TypeError(f"load_weights: model must be a fastgrad Layer or Sequential, got {type(model).__name__}")
-    _, params = _read(path)
+    arch, params = _read(path)
+    mine = json.loads(json.dumps(_describe_model(model)))
+    if arch.get("type") != mine["type"] or arch.get("config") != mine["config"]:
+        raise ModelFileError(
+            f"load_weights: {os.fspath(path)}: the file's architecture ({arch.get('type')!r}) does not match the model's"
+            f" ({mine['type']!r})"[:295]
+        )
     _check_params(model, params, os.fspath(path))
     for name, arr in model.params.items():
         arr[...] = params[name]

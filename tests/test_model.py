@@ -196,11 +196,11 @@ def test_load_refuses_bad_files_and_leaves_model_unchanged(tmp_path):
     for name in ["trunc.npz", "garbage.npz", "pickled.npz"]:
         with pytest.raises(fg.ModelFileError, match=name):
             fg.load(tmp_path / name)
-    with pytest.raises(fg.ModelFileError, match="missing parameter key '1.W'"):
+    with pytest.raises(fg.ModelFileError, match="architecture"):
         fg.load_weights(model, tmp_path / "other.npz")
     wide = fg.Sequential(fg.Dense(6, 9, dtype=np.float64), fg.Dense(9, 5, dtype=np.float64), fg.Dense(5, 3, dtype=np.float64))
     fg.save(wide, tmp_path / "wide.npz")
-    with pytest.raises(fg.ModelFileError, match=r"'0.W' has shape \(9, 6\)"):
+    with pytest.raises(fg.ModelFileError, match="architecture"):
         fg.load_weights(model, tmp_path / "wide.npz")
     for k, v in model.params.items():
         assert np.array_equal(v, before[k])
