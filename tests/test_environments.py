@@ -79,11 +79,12 @@ CHILD = textwrap.dedent(
 
 def _layers():
     layers = ["omp", "workqueue"]
-    try:
-        import tbb  # noqa: F401
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:  # numba's TBB layer loads libtbb from the `tbb` wheel (pip install tbb)
+        version("tbb")
         layers.append("tbb")
-    except ImportError:
+    except PackageNotFoundError:
         pass
     return layers
 
