@@ -57,7 +57,7 @@ import time
 import numpy as np
 
 from ._checks import as_array, positive_int
-from .losses import CrossEntropyLoss, Loss
+from .losses import CrossEntropyLoss
 
 __all__ = [
     "init",
@@ -529,42 +529,23 @@ def fit(
     ranks; a non-finite global loss or gradient norm raises FloatingPointError
     on all ranks.
     """
-    from .model import _ProgressBar
+    from .model import _ProgressBar, fit_setup
     from .optim import clip_grad_norm
 
     where = "distributed.fit"
     comm = _resolve(comm)
-    if not isinstance(loss, Loss):
-        raise TypeError(f"{where}: loss must be a fastgrad loss (MSELoss, CrossEntropyLoss), got {type(loss).__name__}")
     if not isinstance(optimizer, DistributedOptimizer):
         if not (hasattr(optimizer, "step") and hasattr(optimizer, "model")):
             raise TypeError(f"{where}: optimizer must be SGD/Adam or a DistributedOptimizer, got {type(optimizer).__name__}")
         optimizer = DistributedOptimizer(optimizer, comm=comm, broadcast=False)
     if optimizer.model is not model:
         raise ValueError(f"{where}: the optimizer was built for a different model")
-    epochs = positive_int(epochs, "epochs", where)
-    batch_size = positive_int(batch_size, "batch_size", where)
-    x = as_array(x, "x", where, dtype=model.dtype)
-    y = np.asarray(y)
-    if y.shape[:1] != x.shape[:1]:
-        raise ValueError(f"{where}: y has {y.shape[:1]} samples but x has {x.shape[:1]}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{where}: x is empty")
+    x, y, epochs, batch_size, classify, history = fit_setup(x, y, loss, epochs, batch_size, validation_data, model.dtype, where)
     n = int(x.shape[0])
     setup = (n, epochs, batch_size, bool(shuffle), int(seed), clip_norm, validation_data is not None)
     _check_same_everywhere(comm, setup, "(n_samples, epochs, batch_size, shuffle, seed, clip_norm, validation)", where)
     broadcast_parameters(model, comm=comm)
     r, world = int(comm.Get_rank()), int(comm.Get_size())
-    classify = isinstance(loss, CrossEntropyLoss) and y.dtype.kind in "iu"
-    history = {"loss": [], "time": []}
-    if classify:
-        history["accuracy"] = []
-    if validation_data is not None:
-        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-            raise TypeError(f"{where}: validation_data must be a pair (x_val, y_val)")
-        history["val_loss"] = []
-        if classify:
-            history["val_accuracy"] = []
     n_batches = math.ceil(n / batch_size)
     bar = _ProgressBar(epochs, n_batches, enabled=bool(progress) and r == 0)
     orders = _epoch_orders(n, seed, shuffle)

@@ -127,28 +127,11 @@ class Sequential(Layer):
         naming the epoch and batch.  ``progress`` draws a bar on stderr.
         """
         where = "Sequential.fit"
-        if not isinstance(loss, Loss):
-            raise TypeError(f"{where}: loss must be a fastgrad loss (MSELoss, CrossEntropyLoss), got {type(loss).__name__}")
         if not hasattr(optimizer, "step"):
             raise TypeError(f"{where}: optimizer must have a step() method, got {type(optimizer).__name__}")
-        epochs = positive_int(epochs, "epochs", where)
-        batch_size = positive_int(batch_size, "batch_size", where)
-        x = as_array(x, "x", where, dtype=self.dtype)
-        y = np.asarray(y)
-        if y.shape[:1] != x.shape[:1]:
-            raise ValueError(f"{where}: y has {y.shape[:1]} samples but x has {x.shape[:1]}")
-        if x.shape[0] == 0:
-            raise ValueError(f"{where}: x is empty")
-        classify = isinstance(loss, CrossEntropyLoss) and y.dtype.kind in "iu"
-        history = {"loss": [], "time": []}
-        if classify:
-            history["accuracy"] = []
-        if validation_data is not None:
-            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-                raise TypeError(f"{where}: validation_data must be a pair (x_val, y_val)")
-            history["val_loss"] = []
-            if classify:
-                history["val_accuracy"] = []
+        x, y, epochs, batch_size, classify, history = fit_setup(
+            x, y, loss, epochs, batch_size, validation_data, self.dtype, where
+        )
         rng = np.random.default_rng(seed)
         n = x.shape[0]
         n_batches = math.ceil(n / batch_size)
@@ -204,6 +187,35 @@ class Sequential(Layer):
         if isinstance(loss, CrossEntropyLoss) and y.dtype.kind in "iu":
             acc = float(np.mean(np.argmax(out, axis=1) == y))
         return value, acc
+
+
+def fit_setup(x, y, loss, epochs, batch_size, validation_data, dtype, where):
+    """Validate fit()'s arguments; returns (x, y, epochs, batch_size, classify, empty history).
+
+    Shared by Sequential.fit and distributed.fit so both accept and refuse the
+    same inputs and fill the same history keys.
+    """
+    if not isinstance(loss, Loss):
+        raise TypeError(f"{where}: loss must be a fastgrad loss (MSELoss, CrossEntropyLoss), got {type(loss).__name__}")
+    epochs = positive_int(epochs, "epochs", where)
+    batch_size = positive_int(batch_size, "batch_size", where)
+    x = as_array(x, "x", where, dtype=dtype)
+    y = np.asarray(y)
+    if y.shape[:1] != x.shape[:1]:
+        raise ValueError(f"{where}: y has {y.shape[:1]} samples but x has {x.shape[:1]}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{where}: x is empty")
+    classify = isinstance(loss, CrossEntropyLoss) and y.dtype.kind in "iu"
+    history = {"loss": [], "time": []}
+    if classify:
+        history["accuracy"] = []
+    if validation_data is not None:
+        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+            raise TypeError(f"{where}: validation_data must be a pair (x_val, y_val)")
+        history["val_loss"] = []
+        if classify:
+            history["val_accuracy"] = []
+    return x, y, epochs, batch_size, classify, history
 
 
 class _ProgressBar:

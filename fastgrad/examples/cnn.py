@@ -16,7 +16,7 @@ import numpy as np
 from .. import Adam, CrossEntropyLoss, Dense, Flatten, Sequential
 from ..layers.conv import Conv2D
 from ..layers.pool import MaxPool2D
-from .data import load_digits_split
+from .data import load_digits_split, summarize
 
 
 def build(seed=0, dtype=np.float32):
@@ -55,15 +55,7 @@ def train(epochs=12, batch_size=32, lr=2e-3, seed=0, progress=True, dtype=np.flo
         for key, values in h.items():
             history.setdefault(key, []).extend(values)
         optimizer.lr *= decay
-    elapsed = time.perf_counter() - start
-    _, acc = model.evaluate(x_test, y_test, loss)
-    return {
-        "model": model,
-        "history": history,
-        "test_accuracy": acc,
-        "seconds_per_epoch": float(np.median(history["time"])),
-        "seconds": elapsed,
-    }
+    return summarize(model, history, x_test, y_test, loss, start)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import Adam, CrossEntropyLoss, Dense, Sequential
 from ..layers.lstm import LSTM
-from .data import load_digits_split
+from .data import load_digits_split, summarize
 
 
 def build(hidden=64, seed=0, dtype=np.float32):
@@ -41,15 +41,7 @@ def train(epochs=15, batch_size=32, hidden=64, lr=5e-3, seed=0, progress=True, d
         x_train, y_train, loss, Adam(model, lr), epochs=epochs, batch_size=batch_size,
         validation_data=(x_test, y_test), progress=progress, seed=seed, clip_norm=5.0,
     )
-    elapsed = time.perf_counter() - start
-    _, acc = model.evaluate(x_test, y_test, loss)
-    return {
-        "model": model,
-        "history": history,
-        "test_accuracy": acc,
-        "seconds_per_epoch": float(np.median(history["time"])),
-        "seconds": elapsed,
-    }
+    return summarize(model, history, x_test, y_test, loss, start)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from .. import Adam, CrossEntropyLoss, Dense, Sequential
-from .data import load_digits_split
+from .data import load_digits_split, summarize
 
 
 def build(seed=0, dtype=np.float32):
@@ -36,12 +36,4 @@ def train(epochs=30, batch_size=32, lr=1e-3, seed=0, progress=True, dtype=np.flo
         x_train, y_train, loss, Adam(model, lr), epochs=epochs, batch_size=batch_size,
         validation_data=(x_test, y_test), progress=progress, seed=seed,
     )
-    elapsed = time.perf_counter() - start
-    _, acc = model.evaluate(x_test, y_test, loss)
-    return {
-        "model": model,
-        "history": history,
-        "test_accuracy": acc,
-        "seconds_per_epoch": float(np.median(history["time"])),
-        "seconds": elapsed,
-    }
+    return summarize(model, history, x_test, y_test, loss, start)
