@@ -104,7 +104,13 @@ def dense_backward(dy, cache: DenseCache, *, check_finite=None):
     dW = np.zeros_like(W)
     db = np.zeros(W.shape[0], x.dtype) if b is not None else _EMPTY[x.dtype]
     N, n = x.shape
-    _jit.pick(_dense.dense_backward, N * W.shape[0] * n)(dx, dW, db, dy, x, z, W, activation_code(activation, where))
+    code = activation_code(activation, where)
+    if code == 0:
+        dz = dy  # identity: sigma' = 1
+    else:
+        dz = np.zeros_like(dy)  # dL/dz = dy * sigma'(z), one element-wise pass
+        _jit.pick(_act.activation_backward, 8 * dz.size)(dz.reshape(-1), dy.reshape(-1), z.reshape(-1), code)
+    _jit.pick(_dense.dense_backward, N * W.shape[0] * n)(dx, dW, db, dz, x, W)
     return dx, dW, (db if b is not None else None)
 
 
