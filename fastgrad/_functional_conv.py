@@ -12,8 +12,8 @@ Options (every one validated before any kernel runs):
   a bare pair ``(before, after)`` is also accepted); ``"valid"`` (no padding);
   or ``"same"``: out = ceil(in / stride) with total padding
   max((out - 1) stride + (k - 1) dilation + 1 - in, 0), the odd pixel going
-  *after* (as TensorFlow and Flux do).  Padding is zeros, applied by clipping
-  loop ranges in the kernels: no padded copy of the input is made.
+  *after* (as TensorFlow and Flux do).  Padding is zeros: stride 1 reads a
+  zero-padded copy of x (kernels.conv.pad_wide); other strides clip loop ranges.
 * ``groups``: divides C and M; K has shape (M, C // groups, *k).
   ``groups = C`` is a depthwise convolution.
 * ``B``: None; (M,) tied (one bias per output channel, as PyTorch); or
@@ -24,6 +24,8 @@ Options (every one validated before any kernel runs):
 Memory per call: the outputs (y and z; one array when the activation is the
 identity), and in the backward dx, dK, dB plus one dL/dz array of y's size
 when the activation is not the identity (the identity uses dy directly).
+Stride 1 also uses short-lived workspaces: a padded copy of x and a wide z in
+the forward; the padded x, a wide dL/dz and a wide dx in the backward.
 """
 
 from __future__ import annotations
@@ -241,7 +243,15 @@ def _conv_forward(x, K, B, stride, padding, dilation, groups, activation, check_
     # identity: y is z, one array serves both (sigma' = 1 never reads z)
     y = z if code == 0 else np.empty_like(z)
     work = N * M * z.shape[2] * z.shape[3] * Cg * K4.shape[2] * K4.shape[3]
-    _jit.pick(_conv.conv_forward, work)(y, z, x4, K4, _NO_BIAS[x.dtype] if B3 is None else B3, dims, code)
+    B3k = _NO_BIAS[x.dtype] if B3 is None else B3
+    if dims.sh == 1 and dims.sw == 1:  # stride 1: long contiguous loops over wide planes (kernels.conv)
+        kh, kw = K4.shape[2:]
+        Lz = _conv.wide_geometry(x4.shape[2], x4.shape[3], kh, kw, dims)[2]
+        xp = _conv.pad_wide(x4, kh, kw, dims)
+        zw = np.empty((N, M, Lz), x.dtype)
+        _jit.pick(_conv.conv_forward_s1, work)(y, z, xp, K4, B3k, dims, code, zw)
+    else:
+        _jit.pick(_conv.conv_forward, work)(y, z, x4, K4, B3k, dims, code)
     return y.reshape(full_out), ConvCache(x4, K4, B3, z, dims, activation, nd, bias_shape)
 
 
@@ -279,8 +289,17 @@ def _conv_backward_into(dx, dK, dB, dy, cache: ConvCache, check_finite, where):
         _jit.pick(_conv.conv_dz, 8 * z.size)(dz.reshape(-1), dy4.reshape(-1), z.reshape(-1), code)
     N, M, Ho, Wo = z.shape
     work = N * M * Ho * Wo * K.shape[1] * K.shape[2] * K.shape[3]
-    _jit.pick(_conv.conv_backward_kernel, work)(dK, _NO_BIAS[x.dtype] if dB is None else dB, dz, x, dims)
-    _jit.pick(_conv.conv_backward_data, work)(dx, dz, K, dims)
+    dBk = _NO_BIAS[x.dtype] if dB is None else dB
+    if dims.sh == 1 and dims.sw == 1:  # stride 1: long contiguous loops over wide planes (kernels.conv)
+        kh, kw = K.shape[2:]
+        Qr = _conv.wide_geometry(x.shape[2], x.shape[3], kh, kw, dims)[5]
+        xp = _conv.pad_wide(x, kh, kw, dims)
+        dzw = _conv.widen_dz(dz, kh, kw, dims, x.shape[2], x.shape[3])
+        _jit.pick(_conv.conv_backward_kernel_s1, work)(dK, dBk, dz, dzw, xp, dims)
+        _jit.pick(_conv.conv_backward_data_s1, work)(dx, dzw, K, dims, np.empty(x.shape[:2] + (Qr,), x.dtype))
+    else:
+        _jit.pick(_conv.conv_backward_kernel, work)(dK, dBk, dz, x, dims)
+        _jit.pick(_conv.conv_backward_data, work)(dx, dz, K, dims)
 
 
 # --------------------------------------------------------------------------
