@@ -23,16 +23,25 @@ Backward through time (BPTT), the cheat sheet's lines completed::
 dL/dh_t is the upstream gradient on the output h_t plus dL/dh_t flowing back
 from step t+1 (the last line above); the sum over g runs over all four gates.
 
-Parallel layout (race-free, bitwise identical at any thread count):
+Parallel layout (race-free, bitwise identical at any thread count).  Every
+matrix product is a set of dot products over a contiguous index (dots4x2:
+register tile 4 rows x 2 rows); the gate and unit are merged, gk = g H + k.
 
 * input projection ``b + W[:, :, H:] . x_t`` for every (t, n) before the time
-  loop: one big loop, parallel over the (t, n) rows that own the outputs;
+  loop: one big loop, parallel over blocks of 4 rows (t, n) that own the outputs;
 * the recurrence: time is serial inside each sequence, sequences are
-  independent, so the loop is parallel over samples n with the whole time loop
-  inside (one parallel launch per call, not one per step);
-* dW, db: parallel over the (gate, hidden unit) rows that own them,
-  accumulating over t and n in a fixed order;
-* dx: parallel over the (t, n) rows after the recurrence.
+  independent, so the loop is parallel over blocks of 4 sequences with the
+  whole time loop inside (one parallel launch per call, not one per step);
+  each load of a W row feeds the 4 sequences of the block;
+* backward: dL/dh_{t-1} = dz . W^T uses WT (H+I, 4H), a transposed copy of W
+  made once per call; dx after the recurrence, parallel over blocks of 4 rows
+  (t, n); dW, db over the valid rows only, with dz and [h, x] transposed
+  (dzT (4H, V), hxT (H+I, V)), parallel over the blocks of 4 rows gk that own
+  them, each sum over (t, n) in a fixed order.
+
+Measured (single-thread CPU time, forward + backward, vs. the per-sample loops
+this replaced): (T, N, I, H) = (50, 32, 32, 64) 19 -> 8.5 ms f32, 30 -> 18 ms
+f64; (100, 16, 128, 128) 73 -> 36 ms f32, 156 -> 61 ms f64.
 
 ``lengths[n]`` (1 <= lengths[n] <= T) marks sequence n's real steps; padded
 steps t >= lengths[n] output 0, leave the state unchanged and get no gradient.
@@ -41,6 +50,7 @@ steps t >= lengths[n] output 0, leave the state unchanged and get no gradient.
 
 import math
 
+import numpy as np
 from numba import prange
 
 from .._jit import helper, kernel
@@ -64,8 +74,18 @@ def act_row(out, z, code):
         for k in range(z.shape[0]):
             out[k] = one / (one + math.exp(-z[k]))
     elif code == 2:
+        # tanh z = sign(z) (1 - e) / (1 + e), e = e^{-2|z|}: the exp form runs at
+        # 3 ns per element against 19 ns for libm tanh (measured, both dtypes),
+        # which made tanh the largest cost of the forward pass.  Absolute error
+        # <= 1 ulp of 1; below `tiny` z (1 - z^2/3) avoids the cancellation.
+        two = out.dtype.type(2)
+        third = out.dtype.type(1.0 / 3.0)
+        tiny = out.dtype.type(0.03 if out.itemsize == 4 else 2e-4)
         for k in range(z.shape[0]):
-            out[k] = math.tanh(z[k])
+            zk = z[k]
+            e = math.exp(-two * abs(zk))
+            big = math.copysign((one - e) / (one + e), zk)
+            out[k] = zk * (one - zk * zk * third) if abs(zk) < tiny else big
     else:
         for k in range(z.shape[0]):
             out[k] = out.dtype.type(act(z[k], code))
@@ -88,6 +108,111 @@ def dact_saved(z, a, code):
     return dact(z, code)
 
 
+@helper
+def dot1(u, v, P):
+    """sum_p u[p] v[p] over the first P entries of two contiguous rows."""
+    s = u.dtype.type(0)
+    for p in range(P):
+        s += u[p] * v[p]
+    return s
+
+
+@helper
+def dots4x1(u0, u1, u2, u3, v, P):
+    """The four sums u_i . v: each load of v feeds four multiply-adds."""
+    s0 = s1 = s2 = s3 = u0.dtype.type(0)
+    for p in range(P):
+        w = v[p]
+        s0 += u0[p] * w
+        s1 += u1[p] * w
+        s2 += u2[p] * w
+        s3 += u3[p] * w
+    return s0, s1, s2, s3
+
+
+@helper
+def dots4x2(u0, u1, u2, u3, v0, v1, P):
+    """The eight sums u_i . v_m (i < 4, m < 2) in one pass over the rows.
+
+    Register tile 4x2: six row loads feed eight multiply-adds.  Every matrix
+    product of the LSTM is written as such row-by-row dot products over a
+    contiguous index (the "NT" form), which LLVM vectorises with one vector
+    accumulator per sum.
+    """
+    s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = u0.dtype.type(0)
+    for p in range(P):
+        w0 = v0[p]
+        w1 = v1[p]
+        a0 = u0[p]
+        a1 = u1[p]
+        a2 = u2[p]
+        a3 = u3[p]
+        s00 += a0 * w0
+        s01 += a0 * w1
+        s10 += a1 * w0
+        s11 += a1 * w1
+        s20 += a2 * w0
+        s21 += a2 * w1
+        s30 += a3 * w0
+        s31 += a3 * w1
+    return s00, s01, s10, s11, s20, s21, s30, s31
+
+
+@helper
+def transpose_rows(dst, src, rows, j0, j1, col0):
+    """dst[j - j0, i] = src[rows[i], col0 + j] for j0 <= j < j1 (dst rows owned by the caller).
+
+    Tiled by 16 source rows so both the reads and the writes stay in a few
+    cache lines.
+    """
+    n = rows.shape[0]
+    for i0 in range(0, n, 16):
+        i1 = min(i0 + 16, n)
+        for i in range(i0, i1):
+            r = rows[i]
+            for j in range(j0, j1):
+                dst[j - j0, i] = src[r, col0 + j]
+
+
+@helper
+def cell_step(y, hT, cT, hx, a, c, sh, z, t, n, L, codes):
+    """Gate activations and the state update of one valid step (t < L) of sequence n."""
+    T = y.shape[0]
+    H = y.shape[2]
+    for g in range(4):
+        act_row(a[t, n, g], z[t, n, g], codes[g])
+    for k in range(H):
+        # c_t = f_t * c_{t-1} + i_t * n_t
+        c[t + 1, n, k] = a[t, n, GATE_F, k] * c[t, n, k] + a[t, n, GATE_I, k] * a[t, n, GATE_N, k]
+    act_row(sh[t, n], c[t + 1, n], codes[SLOT_H])
+    for k in range(H):
+        # h_t = o_t * sigma_h(c_t)
+        ht = a[t, n, GATE_O, k] * sh[t, n, k]
+        y[t, n, k] = ht
+        if t + 1 < T:
+            hx[t + 1, n, k] = ht
+        if t + 1 == L:
+            hT[n, k] = ht
+            cT[n, k] = c[t + 1, n, k]
+
+
+@helper
+def padded_step(y, hx, a, c, sh, t, n):
+    """Padded step t >= lengths[n]: output 0, state carried unchanged, nothing saved."""
+    T = y.shape[0]
+    H = y.shape[2]
+    zero = y.dtype.type(0)
+    for k in range(H):
+        y[t, n, k] = zero
+        sh[t, n, k] = zero
+        c[t + 1, n, k] = c[t, n, k]
+        if t + 1 < T:
+            hx[t + 1, n, k] = zero
+    for g in range(4):
+        for k in range(H):
+            a[t, n, g, k] = zero
+
+
 @kernel
 def lstm_forward(y, hT, cT, hx, z, a, c, sh, x, W, b, h0, c0, lengths, codes):
     """Forward pass over all T steps, saving what lstm_backward needs.
@@ -102,64 +227,80 @@ def lstm_forward(y, hT, cT, hx, z, a, c, sh, x, W, b, h0, c0, lengths, codes):
       sh (T, N, H)         sigma_h(c_t)
     Inputs: x (T, N, I); W (4, H, H+I); b (4, H); h0, c0 (N, H); lengths (N,)
     int64; codes (5,) int64.
+
+    Matrices are viewed with the gate and unit merged, row gk = g H + k:
+    W2 (4H, H+I), z2 (T N, 4H), hx2 (T N, H+I), x2 (T N, I).
     """
     T, N, n_in = x.shape
     H = W.shape[1]
-    zero = y.dtype.type(0)
-    # z_g[k] = b_g[k] + sum_j W_g[k, H + j] x_t[j] for all (t, n): the input half
-    # of W . [h_{t-1}, x_t] does not depend on the recurrence.
-    for r in prange(T * N):
-        t = r // N
-        n = r - t * N
-        for j in range(n_in):
-            hx[t, n, H + j] = x[t, n, j]
-        for g in range(4):
+    G = 4 * H
+    TN = T * N
+    W2 = W.reshape((G, H + n_in))
+    b2 = b.reshape(G)
+    z2 = z.reshape((TN, G))
+    x2 = x.reshape((TN, n_in))
+    hx2 = hx.reshape((TN, H + n_in))
+    # z_g[k] = b_g[k] + sum_j W_g[k, H + j] x_t[j] for all (t, n) at once: the
+    # input half of W . [h_{t-1}, x_t] does not depend on the recurrence.
+    # Parallel over blocks of 4 rows (t, n), register tile 4 rows x 2 gk.
+    for rb in prange((TN + 3) // 4):
+        r0 = 4 * rb
+        r1 = min(r0 + 4, TN)
+        for r in range(r0, r1):
+            for j in range(n_in):
+                hx2[r, H + j] = x2[r, j]
+        if r1 - r0 == 4:
+            for gk in range(0, G, 2):
+                s = dots4x2(x2[r0], x2[r0 + 1], x2[r0 + 2], x2[r0 + 3], W2[gk, H:], W2[gk + 1, H:], n_in)
+                z2[r0, gk] = b2[gk] + s[0]
+                z2[r0, gk + 1] = b2[gk + 1] + s[1]
+                z2[r0 + 1, gk] = b2[gk] + s[2]
+                z2[r0 + 1, gk + 1] = b2[gk + 1] + s[3]
+                z2[r0 + 2, gk] = b2[gk] + s[4]
+                z2[r0 + 2, gk + 1] = b2[gk + 1] + s[5]
+                z2[r0 + 3, gk] = b2[gk] + s[6]
+                z2[r0 + 3, gk + 1] = b2[gk + 1] + s[7]
+        else:
+            for r in range(r0, r1):
+                for gk in range(G):
+                    z2[r, gk] = b2[gk] + dot1(x2[r], W2[gk, H:], n_in)
+    # The recurrence: time serial inside each block of 4 sequences, blocks in
+    # parallel (one launch per call).  z_g[k] += sum_j W_g[k, j] h_{t-1}[j] for
+    # all four gates of the 4 sequences in one pass over W[:, :, :H].
+    for nb in prange((N + 3) // 4):
+        n0 = 4 * nb
+        n1 = min(n0 + 4, N)
+        Lmin = T
+        for n in range(n0, n1):
+            Lmin = min(Lmin, lengths[n])
             for k in range(H):
-                acc = b[g, k]
-                for j in range(n_in):
-                    acc += W[g, k, H + j] * x[t, n, j]
-                z[t, n, g, k] = acc
-    for n in prange(N):
-        L = lengths[n]
-        for k in range(H):
-            hx[0, n, k] = h0[n, k]
-            c[0, n, k] = c0[n, k]
+                hx[0, n, k] = h0[n, k]
+                c[0, n, k] = c0[n, k]
         for t in range(T):
-            if t >= L:
-                # padded step: output 0, state carried unchanged, nothing saved
-                for k in range(H):
-                    y[t, n, k] = zero
-                    sh[t, n, k] = zero
-                    c[t + 1, n, k] = c[t, n, k]
-                    if t + 1 < T:
-                        hx[t + 1, n, k] = zero
-                for g in range(4):
-                    for k in range(H):
-                        a[t, n, g, k] = zero
-                continue
-            # z_g[k] += sum_j W_g[k, j] h_{t-1}[j]: all four gates in one pass,
-            # innermost j over the contiguous rows W[g, k, :H] and hx[t, n, :H]
-            for g in range(4):
-                for k in range(H):
-                    acc = zero
-                    for j in range(H):
-                        acc += W[g, k, j] * hx[t, n, j]
-                    z[t, n, g, k] += acc
-            for g in range(4):
-                act_row(a[t, n, g], z[t, n, g], codes[g])
-            for k in range(H):
-                # c_t = f_t * c_{t-1} + i_t * n_t
-                c[t + 1, n, k] = a[t, n, GATE_F, k] * c[t, n, k] + a[t, n, GATE_I, k] * a[t, n, GATE_N, k]
-            act_row(sh[t, n], c[t + 1, n], codes[SLOT_H])
-            for k in range(H):
-                # h_t = o_t * sigma_h(c_t)
-                ht = a[t, n, GATE_O, k] * sh[t, n, k]
-                y[t, n, k] = ht
-                if t + 1 < T:
-                    hx[t + 1, n, k] = ht
-                if t + 1 == L:
-                    hT[n, k] = ht
-                    cT[n, k] = c[t + 1, n, k]
+            r0 = t * N + n0
+            if n1 - n0 == 4 and t < Lmin:
+                for gk in range(0, G, 2):
+                    s = dots4x2(hx2[r0], hx2[r0 + 1], hx2[r0 + 2], hx2[r0 + 3], W2[gk], W2[gk + 1], H)
+                    z2[r0, gk] += s[0]
+                    z2[r0, gk + 1] += s[1]
+                    z2[r0 + 1, gk] += s[2]
+                    z2[r0 + 1, gk + 1] += s[3]
+                    z2[r0 + 2, gk] += s[4]
+                    z2[r0 + 2, gk + 1] += s[5]
+                    z2[r0 + 3, gk] += s[6]
+                    z2[r0 + 3, gk + 1] += s[7]
+            else:
+                for n in range(n0, n1):
+                    if t < lengths[n]:
+                        r = t * N + n
+                        for gk in range(G):
+                            z2[r, gk] += dot1(hx2[r], W2[gk], H)
+            for n in range(n0, n1):
+                L = lengths[n]
+                if t < L:
+                    cell_step(y, hT, cT, hx, a, c, sh, z, t, n, L, codes)
+                else:
+                    padded_step(y, hx, a, c, sh, t, n)
 
 
 @kernel
@@ -175,74 +316,168 @@ def lstm_backward(dx, dW, db, dh0, dc0, dz, dy, dhT, dcT, hx, z, a, c, sh, W, le
     """
     T, N, n_in = dx.shape
     H = W.shape[1]
+    G = 4 * H
+    TN = T * N
+    HI = H + n_in
     has_dy = dy.shape[0] == T
     zero = dx.dtype.type(0)
-    for n in prange(N):
-        L = lengths[n]
-        for k in range(H):
-            dh0[n, k] = dhT[n, k]
-            dc0[n, k] = dcT[n, k]
-        for t in range(T - 1, L - 1, -1):
-            for g in range(4):
-                for k in range(H):
-                    dz[t, n, g, k] = zero
-        for t in range(L - 1, -1, -1):
+    W2 = W.reshape((G, HI))
+    dW2 = dW.reshape((G, HI))
+    db2 = db.reshape(G)
+    dz2 = dz.reshape((TN, G))
+    dx2 = dx.reshape((TN, n_in))
+    hx2 = hx.reshape((TN, HI))
+    # WT[j, gk] = W_g[k, j]: the sums over (g, k) below run over contiguous rows.
+    WT = np.empty((HI, G), dx.dtype)
+    all_gk = np.arange(G)
+    for jb in prange((HI + 15) // 16):
+        j0 = 16 * jb
+        j1 = min(j0 + 16, HI)
+        transpose_rows(WT[j0:j1], W2, all_gk, j0, j1, 0)
+    for nb in prange((N + 3) // 4):
+        n0 = 4 * nb
+        n1 = min(n0 + 4, N)
+        Lmin = T
+        Lmax = 0
+        for n in range(n0, n1):
+            L = lengths[n]
+            Lmin = min(Lmin, L)
+            Lmax = max(Lmax, L)
             for k in range(H):
-                # dh0/dc0 hold dL/dh_t (from step t+1) and dL/dc_{t+1} * f_{t+1}
-                dh = dh0[n, k]
-                if has_dy:
-                    dh += dy[t, n, k]
-                o = a[t, n, GATE_O, k]
-                s = sh[t, n, k]
-                # reverses h_t = o_t * sigma_h(c_t):
-                # dL/dc_t = dL/dh_t * sigma_h'(c_t) * o_t + dL/dc_{t+1} * f_{t+1}
-                dsh = dx.dtype.type(dact_saved(c[t + 1, n, k], s, codes[SLOT_H]))
-                dc = dh * dsh * o + dc0[n, k]
-                # reverses c_t = f_t * c_{t-1} + i_t * n_t and the four gate lines
-                f = a[t, n, GATE_F, k]
-                i = a[t, n, GATE_I, k]
-                nn = a[t, n, GATE_N, k]
-                df = dc * c[t, n, k]
-                di = dc * nn
-                do = dh * s
-                dn = dc * i
-                dz[t, n, GATE_F, k] = df * dx.dtype.type(dact_saved(z[t, n, GATE_F, k], f, codes[GATE_F]))
-                dz[t, n, GATE_I, k] = di * dx.dtype.type(dact_saved(z[t, n, GATE_I, k], i, codes[GATE_I]))
-                dz[t, n, GATE_O, k] = do * dx.dtype.type(dact_saved(z[t, n, GATE_O, k], o, codes[GATE_O]))
-                dz[t, n, GATE_N, k] = dn * dx.dtype.type(dact_saved(z[t, n, GATE_N, k], nn, codes[GATE_N]))
-                # dL/dc_{t-1} = dL/dc_t * f_t
-                dc0[n, k] = dc * f
-            # reverses z_g = W_g . [h_{t-1}, x_t] + b_g for the h half:
-            # dL/dh_{t-1}[j] = sum over ALL FOUR gates g, k of dL/dz_g[k] W_g[k, j]
-            for j in range(H):
-                dh0[n, j] = zero
-            for g in range(4):
-                for k in range(H):
-                    d = dz[t, n, g, k]
-                    for j in range(H):
-                        dh0[n, j] += d * W[g, k, j]
-    # x half: dL/dx_t[j] = sum_{g, k} dL/dz_g[k] W_g[k, H + j], parallel over rows (t, n)
-    for r in prange(T * N):
-        t = r // N
-        n = r - t * N
-        for j in range(n_in):
-            dx[t, n, j] = zero
-        if t >= lengths[n]:
-            continue
-        for g in range(4):
-            for k in range(H):
-                d = dz[t, n, g, k]
-                for j in range(n_in):
-                    dx[t, n, j] += d * W[g, k, H + j]
-    # dL/dW_g[k, j] += sum_{t, n} dL/dz_g[k] [h_{t-1}, x_t][j], parallel over rows (g, k)
-    for gk in prange(4 * H):
-        g = gk // H
-        k = gk - g * H
-        for t in range(T):
-            for n in range(N):
+                dh0[n, k] = dhT[n, k]
+                dc0[n, k] = dcT[n, k]
+            for t in range(T - 1, L - 1, -1):
+                for gk in range(G):
+                    dz2[t * N + n, gk] = zero
+        for t in range(Lmax - 1, -1, -1):
+            for n in range(n0, n1):
                 if t >= lengths[n]:
                     continue
-                d = dz[t, n, g, k]
-                db[g, k] += d
-                for j in range(H + n_in):
-                    dW[g, k, j] += d * hx[t, n, j]
+                for k in range(H):
+                    # dh0/dc0 hold dL/dh_t (from step t+1) and dL/dc_{t+1} * f_{t+1}
+                    dh = dh0[n, k]
+                    if has_dy:
+                        dh += dy[t, n, k]
+                    o = a[t, n, GATE_O, k]
+                    s = sh[t, n, k]
+                    # reverses h_t = o_t * sigma_h(c_t):
+                    # dL/dc_t = dL/dh_t * sigma_h'(c_t) * o_t + dL/dc_{t+1} * f_{t+1}
+                    dsh = dx.dtype.type(dact_saved(c[t + 1, n, k], s, codes[SLOT_H]))
+                    dc = dh * dsh * o + dc0[n, k]
+                    # reverses c_t = f_t * c_{t-1} + i_t * n_t and the four gate lines
+                    f = a[t, n, GATE_F, k]
+                    i = a[t, n, GATE_I, k]
+                    nn = a[t, n, GATE_N, k]
+                    df = dc * c[t, n, k]
+                    di = dc * nn
+                    do = dh * s
+                    dn = dc * i
+                    dz[t, n, GATE_F, k] = df * dx.dtype.type(dact_saved(z[t, n, GATE_F, k], f, codes[GATE_F]))
+                    dz[t, n, GATE_I, k] = di * dx.dtype.type(dact_saved(z[t, n, GATE_I, k], i, codes[GATE_I]))
+                    dz[t, n, GATE_O, k] = do * dx.dtype.type(dact_saved(z[t, n, GATE_O, k], o, codes[GATE_O]))
+                    dz[t, n, GATE_N, k] = dn * dx.dtype.type(dact_saved(z[t, n, GATE_N, k], nn, codes[GATE_N]))
+                    # dL/dc_{t-1} = dL/dc_t * f_t
+                    dc0[n, k] = dc * f
+            # reverses z_g = W_g . [h_{t-1}, x_t] + b_g for the h half:
+            # dL/dh_{t-1}[j] = sum over ALL FOUR gates g, k of dL/dz_g[k] W_g[k, j]
+            # = dz2[r] . WT[j], 4 sequences x 2 columns j per pass
+            r0 = t * N + n0
+            if n1 - n0 == 4 and t < Lmin:
+                for j in range(0, H - 1, 2):
+                    s8 = dots4x2(dz2[r0], dz2[r0 + 1], dz2[r0 + 2], dz2[r0 + 3], WT[j], WT[j + 1], G)
+                    dh0[n0, j] = s8[0]
+                    dh0[n0, j + 1] = s8[1]
+                    dh0[n0 + 1, j] = s8[2]
+                    dh0[n0 + 1, j + 1] = s8[3]
+                    dh0[n0 + 2, j] = s8[4]
+                    dh0[n0 + 2, j + 1] = s8[5]
+                    dh0[n0 + 3, j] = s8[6]
+                    dh0[n0 + 3, j + 1] = s8[7]
+                if H % 2 == 1:
+                    s4 = dots4x1(dz2[r0], dz2[r0 + 1], dz2[r0 + 2], dz2[r0 + 3], WT[H - 1], G)
+                    for m in range(4):
+                        dh0[n0 + m, H - 1] = s4[m]
+            else:
+                for n in range(n0, n1):
+                    if t < lengths[n]:
+                        for j in range(H):
+                            dh0[n, j] = dot1(dz2[t * N + n], WT[j], G)
+    # x half: dL/dx_t[j] = sum_{g, k} dL/dz_g[k] W_g[k, H + j], parallel over
+    # blocks of 4 rows (t, n); 0 at padded steps
+    for rb in prange((TN + 3) // 4):
+        r0 = 4 * rb
+        r1 = min(r0 + 4, TN)
+        full = r1 - r0 == 4
+        for r in range(r0, r1):
+            t = r // N
+            if t >= lengths[r - t * N]:
+                full = False
+        if full:
+            for j in range(0, n_in - 1, 2):
+                s8 = dots4x2(dz2[r0], dz2[r0 + 1], dz2[r0 + 2], dz2[r0 + 3], WT[H + j], WT[H + j + 1], G)
+                dx2[r0, j] = s8[0]
+                dx2[r0, j + 1] = s8[1]
+                dx2[r0 + 1, j] = s8[2]
+                dx2[r0 + 1, j + 1] = s8[3]
+                dx2[r0 + 2, j] = s8[4]
+                dx2[r0 + 2, j + 1] = s8[5]
+                dx2[r0 + 3, j] = s8[6]
+                dx2[r0 + 3, j + 1] = s8[7]
+            if n_in % 2 == 1:
+                s4 = dots4x1(dz2[r0], dz2[r0 + 1], dz2[r0 + 2], dz2[r0 + 3], WT[HI - 1], G)
+                for m in range(4):
+                    dx2[r0 + m, n_in - 1] = s4[m]
+        else:
+            for r in range(r0, r1):
+                t = r // N
+                valid = t < lengths[r - t * N]
+                for j in range(n_in):
+                    dx2[r, j] = dot1(dz2[r], WT[H + j], G) if valid else zero
+    # dL/dW_g[k, j] += sum_{t, n} dL/dz_g[k] [h_{t-1}, x_t][j] over the V valid
+    # rows (t, n) in order: with dzT (4H, V) and hxT (H+I, V) the sum runs over
+    # contiguous rows; parallel over blocks of 4 rows gk, which own dW and db.
+    V = 0
+    for r in range(TN):
+        t = r // N
+        if t < lengths[r - t * N]:
+            V += 1
+    rows = np.empty(V, np.int64)
+    V = 0
+    for r in range(TN):
+        t = r // N
+        if t < lengths[r - t * N]:
+            rows[V] = r
+            V += 1
+    dzT = np.empty((G, V), dx.dtype)
+    hxT = np.empty((HI, V), dx.dtype)
+    nzb = (G + 15) // 16
+    for jb in prange(nzb + (HI + 15) // 16):
+        if jb < nzb:
+            j0 = 16 * jb
+            j1 = min(j0 + 16, G)
+            transpose_rows(dzT[j0:j1], dz2, rows, j0, j1, 0)
+        else:
+            j0 = 16 * (jb - nzb)
+            j1 = min(j0 + 16, HI)
+            transpose_rows(hxT[j0:j1], hx2, rows, j0, j1, 0)
+    for gb in prange(G // 4):
+        g0 = 4 * gb
+        for m in range(4):
+            s = zero
+            for v in range(V):
+                s += dzT[g0 + m, v]
+            db2[g0 + m] += s
+        for j in range(0, HI - 1, 2):
+            s8 = dots4x2(dzT[g0], dzT[g0 + 1], dzT[g0 + 2], dzT[g0 + 3], hxT[j], hxT[j + 1], V)
+            dW2[g0, j] += s8[0]
+            dW2[g0, j + 1] += s8[1]
+            dW2[g0 + 1, j] += s8[2]
+            dW2[g0 + 1, j + 1] += s8[3]
+            dW2[g0 + 2, j] += s8[4]
+            dW2[g0 + 2, j + 1] += s8[5]
+            dW2[g0 + 3, j] += s8[6]
+            dW2[g0 + 3, j + 1] += s8[7]
+        if HI % 2 == 1:
+            s4 = dots4x1(dzT[g0], dzT[g0 + 1], dzT[g0 + 2], dzT[g0 + 3], hxT[HI - 1], V)
+            for m in range(4):
+                dW2[g0 + m, HI - 1] += s4[m]
