@@ -100,6 +100,10 @@ def as_array(
         arr = np.ascontiguousarray(arr, dtype=dtype)
     else:
         arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:
+        # numba types read-only arrays separately: copy once so every kernel keeps
+        # one compiled specialisation per dtype (kernels never write their inputs)
+        arr = arr.copy()
     if check_finite is None:
         check_finite = _check_finite_default
     if check_finite and arr.size and not _jit.pick(all_finite, arr.size)(arr.reshape(-1)):
