@@ -85,7 +85,7 @@ def sample(lstm: LSTM, head: Dense, chars: str, prompt="The ", length=300, tempe
 
 
 def train(
-    steps=600, seq_len=32, batch_size=32, hidden=128, lr=1e-2, steps_per_epoch=50, max_seconds=80.0,
+    steps=3000, seq_len=64, batch_size=32, hidden=128, lr=1e-2, steps_per_epoch=50, max_seconds=80.0,
     sample_length=300, seed=0, progress=True, dtype=np.float32,
 ) -> dict:
     """Train for ``steps`` Adam steps (or until ``max_seconds`` after the first step); returns samples, history, timing.
