@@ -14,6 +14,7 @@ import importlib
 import inspect
 import math
 import re
+import warnings
 import time
 
 import numpy as np
@@ -41,11 +42,13 @@ def corpus(max_chars=300_000) -> str:
         except ImportError:  # pragma: no cover - a trimmed Python install
             continue
         docs = [inspect.getdoc(mod)]
-        for attr in sorted(dir(mod)):
-            if not attr.startswith("_"):
-                obj = getattr(mod, attr, None)
-                if inspect.isfunction(obj) or inspect.isclass(obj):
-                    docs.append(inspect.getdoc(obj))
+        with warnings.catch_warnings():  # reading deprecated aliases (typing.io, ...) warns
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for attr in sorted(dir(mod)):
+                if not attr.startswith("_"):
+                    obj = getattr(mod, attr, None)
+                    if inspect.isfunction(obj) or inspect.isclass(obj):
+                        docs.append(inspect.getdoc(obj))
         for doc in docs:
             if doc and len(doc) > 80:
                 parts.append(doc.strip())
