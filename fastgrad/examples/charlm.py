@@ -14,8 +14,8 @@ import importlib
 import inspect
 import math
 import re
-import warnings
 import time
+import warnings
 
 import numpy as np
 
