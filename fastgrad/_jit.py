@@ -152,7 +152,7 @@ def _njit(py_func, *, parallel: bool, fastmath):
         numba.config.CACHE_DIR = saved
 
 
-def helper(py_func=None, *, fastmath=True):
+def helper(py_func=None, *, fastmath: bool = True):
     """Decorator for small ``@njit`` functions called from kernels (inlined by LLVM)."""
 
     def wrap(func):
