@@ -18,6 +18,7 @@ import numpy as np
 
 from . import _jit
 from ._checks import activation_code, as_array, check_alloc, check_shape
+from ._workspace import scratch
 from .kernels import activations as _act
 from .kernels import dense as _dense
 from .kernels import softmax as _softmax
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 _EMPTY = {np.dtype(np.float32): np.zeros(0, np.float32), np.dtype(np.float64): np.zeros(0, np.float64)}
+_EMPTY2 = {dt: np.zeros((0, 0), dt) for dt in _EMPTY}
 
 
 def _same_dtype(arr: np.ndarray, ref: np.ndarray, name: str, where: str, ref_name: str) -> None:
@@ -104,13 +106,23 @@ def dense_backward(dy, cache: DenseCache, *, check_finite=None):
     dW = np.zeros_like(W)
     db = np.zeros(W.shape[0], x.dtype) if b is not None else _EMPTY[x.dtype]
     N, n = x.shape
+    m = W.shape[0]
     code = activation_code(activation, where)
-    if code == 0:
-        dz = dy  # identity: sigma' = 1
-    else:
-        dz = np.zeros_like(dy)  # dL/dz = dy * sigma'(z), one element-wise pass
-        _jit.pick(_act.activation_backward, 8 * dz.size)(dz.reshape(-1), dy.reshape(-1), z.reshape(-1), code)
-    _jit.pick(_dense.dense_backward, N * W.shape[0] * n)(dx, dW, db, dz, x, W)
+    # scratch: dL/dz (unless sigma is the identity) and, for large shapes, the
+    # transposed copies that let both products run in dot form
+    dot = _dense.dot_form(N, n, m)
+    shapes = [(N, m)] if code != 0 else []
+    shapes += [(m, N), (n, N), (n, m)] if dot else []
+    check_alloc((sum(int(np.prod(s)) for s in shapes),), x.dtype, where)
+    with scratch(x.dtype, *shapes) as bufs:
+        if code == 0:
+            dz = dy  # identity: sigma' = 1
+        else:
+            dz = bufs.pop(0)  # dL/dz = dy * sigma'(z), one element-wise pass (the kernel adds)
+            dz.fill(0)
+            _jit.pick(_act.activation_backward, 8 * dz.size)(dz.reshape(-1), dy.reshape(-1), z.reshape(-1), code)
+        dzT, xT, Wt = bufs if dot else (_EMPTY2[x.dtype],) * 3
+        _jit.pick(_dense.dense_backward, N * m * n)(dx, dW, db, dz, x, W, dzT, xT, Wt)
     return dx, dW, (db if b is not None else None)
 
 

@@ -181,3 +181,34 @@ def test_gradcheck_passes_every_activation_and_catches_one_percent_error(rng):
 
     with pytest.raises(fg.GradcheckError):
         fg.gradcheck(WeightGradOff(5, 4, "tanh", dtype=np.float64, seed=3), rng.standard_normal((3, 5)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dot", [False, True], ids=["axpy-form", "dot-form"])
+def test_both_backward_forms_match_reference_at_both_thread_counts(dot, dtype, rng, threads, monkeypatch):
+    # Both forms of dense_backward's products (axpy on the inputs, dot on transposed
+    # scratch) against the reference, at shapes with edges in every block (3-, 4-,
+    # 8-row strips, 64-row transpose chunks) and large enough to be tiled
+    # (f64 Wt: 130 rows x 536 B > TILE_BYTES), accumulating into nonzero grads.
+    monkeypatch.setattr(kdense, "DOT_FORM_MIN_WORK", 0 if dot else 1 << 62)
+    N, n, m = 70, 130, 67
+    assert kdense.dot_form(N, n, m) is dot
+    x, W, b = _problem(rng, N, n, m, "tanh", dtype)
+    y, cache = F.dense_forward(x, W, b, "tanh")
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    _, z_ref = dense(x.astype(np.float64), W.astype(np.float64), b.astype(np.float64), "tanh")
+    want = dense_grads(dy.astype(np.float64), x.astype(np.float64), W.astype(np.float64), z_ref, "tanh")
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for nthreads in (1, 2):
+        got = threads(nthreads, lambda: F.dense_backward(dy, cache))
+        for g, w, name in zip(got, want, ("dx", "dW", "db")):
+            np.testing.assert_allclose(g, w, rtol=tol, atol=tol * 10, err_msg=f"{name}, {nthreads} threads")
+    layer = fg.Dense(n, m, activation="tanh", dtype=dtype)
+    layer.params["W"][...] = W
+    layer.params["b"][...] = b
+    layer(x)
+    layer.backward(dy)
+    layer(x)
+    layer.backward(dy)  # the kernel adds to the grads already there
+    np.testing.assert_allclose(layer.grads["W"], 2 * want[1], rtol=tol, atol=tol * 20)
+    np.testing.assert_allclose(layer.grads["b"], 2 * want[2], rtol=tol, atol=tol * 20)
