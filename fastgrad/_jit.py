@@ -66,6 +66,22 @@ PARALLEL_MIN_WORK = 1 << 15
 
 _KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 
+#: numba's parallel passes, reduced to what the kernels use: explicit ``prange``
+#: loops (and the reduction in util.all_finite).  The passes that turn NumPy
+#: calls, comprehensions and slice assignments into parallel loops, and loop
+#: fusion, have nothing to work on in index-form kernels but still analyse every
+#: statement.  Cold compile, every kernel, float32, one process: ...
+_PARALLEL_OPTIONS = {
+    "prange": True,
+    "reduction": True,
+    "fusion": False,
+    "comprehension": False,
+    "setitem": False,
+    "inplace_binop": False,
+    "numpy": False,
+    "stencil": False,
+}
+
 
 def _source_hash() -> str:
     """Hash of every kernel source file and of this module (the cache version)."""
@@ -190,13 +206,14 @@ class Kernel:
     twin through :func:`pick` semantics with unknown work (always parallel).
     """
 
-    def __init__(self, py_func, fastmath: bool):
+    def __init__(self, py_func, fastmath: bool, dynamic: bool = False):
         flags = set(FASTMATH) if fastmath else False
         self.py_func = py_func
+        self.dynamic = dynamic
         self.__name__ = py_func.__name__
         self.__doc__ = py_func.__doc__
         self.__wrapped__ = py_func
-        self.parallel = _njit(py_func, parallel=True, fastmath=flags)
+        self.parallel = _njit(py_func, parallel=_PARALLEL_OPTIONS, fastmath=flags)
         self.serial = _njit(_renamed_copy(py_func, "__serial"), parallel=False, fastmath=flags)
 
     def __call__(self, *args):
@@ -210,11 +227,19 @@ class Kernel:
 KERNELS: list[Kernel] = []
 
 
-def kernel(py_func=None, *, fastmath: bool = True):
-    """Declare a kernel: returns a :class:`Kernel` with parallel and serial twins."""
+def kernel(py_func=None, *, fastmath: bool = True, dynamic: bool = False):
+    """Declare a kernel: returns a :class:`Kernel` with parallel and serial twins.
+
+    ``dynamic=True``: the parallel twin's ``prange`` iterations are handed to
+    the threads one at a time as they finish (numba's parallel chunk size 1)
+    instead of in equal contiguous blocks, for loops whose iterations differ in
+    cost.  Which thread runs an iteration never changes a result: every output
+    element is owned by one iteration.  (Set around the call because numba
+    cannot cache a kernel that sets the chunk size itself.)
+    """
 
     def wrap(func):
-        k = Kernel(func, fastmath)
+        k = Kernel(func, fastmath, dynamic)
         KERNELS.append(k)
         return k
 
@@ -243,6 +268,20 @@ def _workqueue_active() -> bool:
             return True
         _layer_is_workqueue = layer == "workqueue"
     return _layer_is_workqueue
+
+
+class _Dynamic:
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args):
+        saved = numba.set_parallel_chunksize(1)
+        try:
+            return self.fn(*args)
+        finally:
+            numba.set_parallel_chunksize(saved)
 
 
 class _Locked:
@@ -290,6 +329,8 @@ def pick(k: Kernel, work: int):
     """
     if work < PARALLEL_MIN_WORK or _serial_only or numba.get_num_threads() == 1:
         return k.serial
+    # setting numba's chunk size costs ~5 us a call: only worth it for large work
+    fn = _Dynamic(k.parallel) if k.dynamic and work >= 64 * PARALLEL_MIN_WORK else k.parallel
     if _workqueue_active():
-        return _Locked(k.parallel)
-    return k.parallel
+        return _Locked(fn)
+    return fn

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import queue
+import subprocess
+import sys
+import threading
 import time
 
 import numba
@@ -79,29 +84,131 @@ def register_warmup(name):
     return wrap
 
 
-def warmup(dtypes=("float32", "float64"), verbose=False) -> dict:
+#: Relative compile cost of each warm-up entry (parallel + serial twins), measured
+#: cold on the 2-core box, float32: the biggest go first so the workers finish together.
+_WARM_COST = {"lstm": 25, "conv": 17, "dense": 11, "softmax": 10, "pool": 7, "activation": 1}
+
+
+def _run_warm(name: str, dt, twin: str) -> float:
+    """Run one warm-up entry for one twin ("serial" or "parallel"); returns seconds."""
+    func = dict(WARMUPS)[name]
+    saved = _jit.PARALLEL_MIN_WORK
+    start = time.perf_counter()
+    try:
+        # 0: even the tiny warm-up calls take the parallel twin
+        _jit.PARALLEL_MIN_WORK = 0 if twin == "parallel" else saved
+        func(np.dtype(dt))
+    finally:
+        _jit.PARALLEL_MIN_WORK = saved
+    return time.perf_counter() - start
+
+
+def _default_jobs() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
+
+
+def _compile_in_workers(tasks: list, jobs: int, verbose: bool) -> dict:
+    """Compile ``tasks`` [(name, dtype, twin)] in ``jobs`` fresh processes into the shared cache.
+
+    numba compiles on one core; separate processes use all of them.  Each worker
+    (``python -m fastgrad._warmjob``) reads tasks from stdin and answers one line
+    per task.  Subprocesses rather than multiprocessing: a spawned child would
+    re-run the user's unguarded ``__main__``.  While the workers compile, this
+    process loads each finished task from the cache.  A worker that fails only
+    costs time: whatever it did not compile is compiled here afterwards.
+    Returns {"name dtype twin": seconds} for the tasks the workers finished.
+    """
+    env = dict(os.environ, FASTGRAD_CACHE_DIR=str(_jit.cache_dir().parent), PYTHONWARNINGS="ignore")
+    pending = list(tasks)
+    lock = threading.Lock()
+    finished = queue.Queue()  # tasks a worker compiled, or None when a driver stops
+    done = {}
+
+    def drive():
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "fastgrad._warmjob"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, text=True, env=env,
+            )
+        except OSError:
+            finished.put(None)
+            return
+        try:
+            while True:
+                with lock:
+                    if not pending:
+                        break
+                    task = pending.pop(0)
+                try:
+                    proc.stdin.write(" ".join(task) + "\n")
+                    proc.stdin.flush()
+                    answer = proc.stdout.readline().split()
+                except (OSError, ValueError):
+                    break
+                if answer[:1] != ["ok"]:
+                    break  # dead or failing worker: the caller compiles the rest itself
+                with lock:
+                    done[" ".join(task)] = float(answer[1])
+                finished.put(task)
+        finally:
+            for stream in (proc.stdin, proc.stdout):
+                try:
+                    stream.close()
+                except OSError:  # a worker that died with input still buffered
+                    pass
+            proc.wait()
+            finished.put(None)
+
+    for _ in range(jobs):
+        threading.Thread(target=drive, daemon=True).start()
+    running = jobs
+    while running:
+        task = finished.get()
+        if task is None:
+            running -= 1
+            continue
+        _run_warm(*task)  # load it here while the workers go on compiling
+        if verbose:
+            key = " ".join(task)
+            print(f"  {key:<30}{done[key]:7.2f} s  (compiled in a worker process)", flush=True)
+    return done
+
+
+def warmup(dtypes=("float32", "float64"), verbose=False, jobs=None) -> dict:
     """Compile (or load from cache) every kernel, serial and parallel twin, for ``dtypes``.
 
-    Returns {name: seconds}.  Later calls then run at full speed at once.
+    With a writable kernel cache and ``jobs`` > 1 (default: the number of cores,
+    at most 4), the compiling is spread over ``jobs`` worker processes that fill
+    the shared cache, and this process then loads every kernel from it.
+    ``jobs=1`` compiles everything in this process.  Returns {"name dtype twin":
+    seconds} (compile time in the worker, or time in this process when it did
+    the work itself).  Later calls then run at full speed at once.
     """
     if isinstance(dtypes, (str, type, np.dtype)):
         dtypes = (dtypes,)
     dts = [float_dtype(d, "dtypes", "warmup") for d in dtypes]
+    jobs = _default_jobs() if jobs is None else positive_int(jobs, "jobs", "warmup")
+    tasks = [
+        (name, dt.name, twin)
+        for name, _ in sorted(WARMUPS, key=lambda w: -_WARM_COST.get(w[0], 5))
+        for dt in dts
+        for twin in ("parallel", "serial")
+    ]
     times = {}
-    saved = _jit.PARALLEL_MIN_WORK
-    try:
-        for threshold in (0, saved):  # 0: tiny calls take the parallel twin too
-            _jit.PARALLEL_MIN_WORK = threshold
-            for name, func in WARMUPS:
-                for dt in dts:
-                    start = time.perf_counter()
-                    func(dt)
-                    key = f"{name} {dt.name}"
-                    times[key] = times.get(key, 0.0) + time.perf_counter() - start
-                    if verbose and threshold == saved:
-                        print(f"  {key:<28}{times[key]:7.2f} s")
-    finally:
-        _jit.PARALLEL_MIN_WORK = saved
+    if jobs > 1 and _jit.cache_enabled():
+        if verbose:
+            print(f"compiling {len(tasks)} kernel groups in {jobs} worker processes into {_jit.cache_dir()}", flush=True)
+        times.update(_compile_in_workers(tasks, jobs, verbose))
+    for task in tasks:  # what no worker finished is compiled (or loaded) here
+        key = " ".join(task)
+        if key not in times:
+            times[key] = _run_warm(*task)
+            if verbose:
+                print(f"  {key:<30}{times[key]:7.2f} s", flush=True)
     return times
 
 

@@ -113,7 +113,8 @@ def dense_backward(dy, cache: DenseCache, *, check_finite=None):
     dot = _dense.dot_form(N, n, m)
     shapes = [(N, m)] if code != 0 else []
     shapes += [(m, N), (n, N), (n, m)] if dot else []
-    check_alloc((sum(int(np.prod(s)) for s in shapes),), x.dtype, where)
+    if shapes:
+        check_alloc((sum(int(np.prod(s)) for s in shapes),), x.dtype, where)
     with scratch(x.dtype, *shapes) as bufs:
         if code == 0:
             dz = dy  # identity: sigma' = 1

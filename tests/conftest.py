@@ -22,3 +22,18 @@ def threads():
 
     yield run
     numba.set_num_threads(saved)
+
+
+def pytest_sessionstart(session):
+    """On a cold kernel cache, compile every kernel in worker processes first.
+
+    numba compiles on one core; fastgrad.warmup spreads the work over all of
+    them, which takes minutes off a cold CI run.  With a warm cache this is skipped.
+    """
+    import fastgrad
+    from fastgrad import _jit
+
+    cache = _jit.cache_dir()
+    if cache is not None and sum(1 for _ in cache.glob("*.nbi")) < 2 * len(_jit.KERNELS):
+        print(f"\nconftest: cold kernel cache, compiling every kernel in worker processes into {cache}", flush=True)
+        fastgrad.warmup()

@@ -170,3 +170,36 @@ def test_cache_directory_is_versioned_by_kernel_sources(tmp_path):
         "print(F.activation_forward(np.array([-1.0]), 'leaky_relu')[0][0])"
     )
     assert _run([sys.executable, "-c", leaky], env, cwd=tmp_path).stdout.strip() == "-0.02"
+
+
+WARM = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import fastgrad as fg
+    import fastgrad.config as cfg
+    import fastgrad.functional as F
+
+    cfg.WARMUPS[:] = [w for w in cfg.WARMUPS if w[0] == "activation"]  # the cheapest family
+    if sys.argv[1] == "broken":
+        sys.executable = "/bin/false"  # every worker dies at once
+    times = fg.warmup("float64", verbose=True, jobs=2)
+    print(sorted(times))
+    y, _ = F.activation_forward(np.array([-1.0, 2.0]), "relu")
+    print("relu", y.tolist())
+    """
+)
+
+
+@pytest.mark.parametrize("workers", ["ok", "broken"])
+def test_warmup_compiles_in_worker_processes_into_the_shared_cache(tmp_path, workers):
+    script = tmp_path / "warm.py"
+    script.write_text(WARM)
+    cache = tmp_path / "cache"
+    out = _run([sys.executable, str(script), workers], {"FASTGRAD_CACHE_DIR": str(cache)}, cwd=tmp_path).stdout
+    assert "['activation float64 parallel', 'activation float64 serial']" in out
+    assert "relu [0.0, 2.0]" in out
+    in_worker = out.count("(compiled in a worker process)")
+    # a healthy pool compiles both twins in the workers; a dead one leaves the work to the caller
+    assert in_worker == (2 if workers == "ok" else 0), out
+    assert list(cache.rglob("*activation_forward*.nbi")), "nothing was cached"
