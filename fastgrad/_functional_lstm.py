@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _jit
 from ._checks import activation_code, as_array, check_alloc, check_shape
+from ._workspace import scratch
 from .kernels import lstm as _lstm
 
 __all__ = ["LSTM_DEFAULT_ACTIVATIONS", "LSTM_GATES", "LSTMCache", "lstm_backward", "lstm_forward"]
@@ -31,8 +32,9 @@ class LSTMCache(NamedTuple):
 
     hx (T, N, H+I) rows [h_{t-1}, x_t]; z, a (T, N, 4, H) gate pre-activations
     and activations; c (T+1, N, H) cell states with c[0] = c0; sh (T, N, H)
-    sigma_h(c_t); W, b as given; lengths (N,) int64; activations the full dict;
-    codes (5,) int64 kernel codes.
+    sigma_h(c_t); W, b as given; WT (H+I, 4H) W transposed for the backward
+    sums; lengths (N,) int64; activations the full dict; codes (5,) int64
+    kernel codes.
     """
 
     hx: np.ndarray
@@ -41,6 +43,7 @@ class LSTMCache(NamedTuple):
     c: np.ndarray
     sh: np.ndarray
     W: np.ndarray
+    WT: np.ndarray
     b: np.ndarray
     lengths: np.ndarray
     activations: dict
@@ -124,7 +127,7 @@ def lstm_forward(x, W, b, h0=None, c0=None, activations=None, lengths=None, *, c
     h0 = _state(h0, "h0", N, H, x, where, check_finite)
     c0 = _state(c0, "c0", N, H, x, where, check_finite)
     lens = lstm_lengths(lengths, T, N, where)
-    check_alloc((T, N, 11 * H + n_in), x.dtype, where)
+    check_alloc((T * N * (11 * H + n_in) + 4 * H * (H + n_in),), x.dtype, where)
     dt = x.dtype
     y = np.empty((T, N, H), dt)
     hT = np.empty((N, H), dt)
@@ -134,10 +137,11 @@ def lstm_forward(x, W, b, h0=None, c0=None, activations=None, lengths=None, *, c
     a = np.empty((T, N, 4, H), dt)
     c = np.empty((T + 1, N, H), dt)
     sh = np.empty((T, N, H), dt)
+    WT = np.empty((H + n_in, 4 * H), dt)
     codes = np.array([activation_code(acts[g], where) for g in LSTM_GATES], np.int64)
     work = T * N * 4 * H * (H + n_in)
-    _jit.pick(_lstm.lstm_forward, work)(y, hT, cT, hx, z, a, c, sh, x, W, b, h0, c0, lens, codes)
-    return (y, (hT, cT)), LSTMCache(hx, z, a, c, sh, W, b, lens, acts, codes)
+    _jit.pick(_lstm.lstm_forward, work)(y, hT, cT, hx, z, a, c, sh, WT, x, W, b, h0, c0, lens, codes)
+    return (y, (hT, cT)), LSTMCache(hx, z, a, c, sh, W, WT, b, lens, acts, codes)
 
 
 def lstm_backward(dy, cache, dhT=None, dcT=None, *, check_finite=None):
@@ -152,7 +156,7 @@ def lstm_backward(dy, cache, dhT=None, dcT=None, *, check_finite=None):
         raise ValueError(f"{where}: no cache; call lstm_forward first and pass the cache it returned")
     if not isinstance(cache, LSTMCache):
         raise TypeError(f"{where}: cache must be the LSTMCache returned by lstm_forward, got {type(cache).__name__}")
-    hx, z, a, c, sh, W, b, lens, _acts, codes = cache
+    hx, z, a, c, sh, W, WT, b, lens, _acts, codes = cache
     T, N = hx.shape[:2]
     H = W.shape[1]
     n_in = W.shape[2] - H
@@ -177,7 +181,15 @@ def lstm_backward(dy, cache, dhT=None, dcT=None, *, check_finite=None):
     db = np.zeros_like(b)
     dh0 = np.empty((N, H), dt)
     dc0 = np.empty((N, H), dt)
-    dz = np.empty((T, N, 4, H), dt)
-    work = 2 * T * N * 4 * H * (H + n_in)
-    _jit.pick(_lstm.lstm_backward, work)(dx, dW, db, dh0, dc0, dz, dy, dhT, dcT, hx, z, a, c, sh, W, lens, codes)
+    # the valid steps r = t N + n (t < lengths[n]) in increasing order: dW sums over them
+    r = np.arange(T * N, dtype=np.int64)
+    rows = r[r // N < lens[r % N]]
+    V = rows.shape[0]
+    G = 4 * H
+    check_alloc((T * N * G + (G + H + n_in) * V,), dt, where)
+    work = 2 * T * N * G * (H + n_in)
+    with scratch(dt, (T, N, 4, H), (G, V), (H + n_in, V)) as (dz, dzT, hxT):
+        _jit.pick(_lstm.lstm_backward, work)(
+            dx, dW, db, dh0, dc0, dz, dzT, hxT, dy, dhT, dcT, hx, z, a, c, sh, WT, lens, rows, codes
+        )
     return dx, dW, db, dh0, dc0

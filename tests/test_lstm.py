@@ -52,7 +52,8 @@ def _fd_check(case, rng, mutate_W=None):
     dy, dhT, dcT = _upstream(rng, T, N, H, mode)
     _, cache = FL.lstm_forward(x, W, b, h0, c0, acts, lengths)
     if mutate_W is not None:
-        cache = cache._replace(W=mutate_W(cache.W))
+        Wm = mutate_W(cache.W)  # the backward reads W through its transposed copy WT[j, g H + k] = W[g, k, j]
+        cache = cache._replace(W=Wm, WT=np.ascontiguousarray(Wm.reshape(-1, Wm.shape[2]).T))
     grads = FL.lstm_backward(dy, cache, dhT, dcT)
     loss = _scalar_loss(x, W, b, h0, c0, acts, lengths, dy, dhT, dcT)
     errors = {}

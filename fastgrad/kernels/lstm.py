@@ -50,11 +50,11 @@ steps t >= lengths[n] output 0, leave the state unchanged and get no gradient.
 
 import math
 
-import numpy as np
 from numba import prange
 
 from .._jit import helper, kernel
 from .activations import act, dact
+from .dense import _transpose
 
 GATE_F, GATE_I, GATE_O, GATE_N = 0, 1, 2, 3
 SLOT_H = 4
@@ -214,7 +214,7 @@ def padded_step(y, hx, a, c, sh, t, n):
 
 
 @kernel
-def lstm_forward(y, hT, cT, hx, z, a, c, sh, x, W, b, h0, c0, lengths, codes):
+def lstm_forward(y, hT, cT, hx, z, a, c, sh, WT, x, W, b, h0, c0, lengths, codes):
     """Forward pass over all T steps, saving what lstm_backward needs.
 
     Outputs (overwritten):
@@ -225,6 +225,7 @@ def lstm_forward(y, hT, cT, hx, z, a, c, sh, x, W, b, h0, c0, lengths, codes):
       z, a (T, N, 4, H)    gate pre-activations and activations (f, i, o, n)
       c (T+1, N, H)        cell states, c[0] = c0, c[t+1] = c_t
       sh (T, N, H)         sigma_h(c_t)
+      WT (H+I, 4H)         WT[j, g H + k] = W_g[k, j], for the backward's sums over (g, k)
     Inputs: x (T, N, I); W (4, H, H+I); b (4, H); h0, c0 (N, H); lengths (N,)
     int64; codes (5,) int64.
 
@@ -242,28 +243,35 @@ def lstm_forward(y, hT, cT, hx, z, a, c, sh, x, W, b, h0, c0, lengths, codes):
     hx2 = hx.reshape((TN, H + n_in))
     # z_g[k] = b_g[k] + sum_j W_g[k, H + j] x_t[j] for all (t, n) at once: the
     # input half of W . [h_{t-1}, x_t] does not depend on the recurrence.
-    # Parallel over blocks of 4 rows (t, n), register tile 4 rows x 2 gk.
-    for rb in prange((TN + 3) // 4):
-        r0 = 4 * rb
-        r1 = min(r0 + 4, TN)
-        for r in range(r0, r1):
-            for j in range(n_in):
-                hx2[r, H + j] = x2[r, j]
-        if r1 - r0 == 4:
-            for gk in range(0, G, 2):
-                s = dots4x2(x2[r0], x2[r0 + 1], x2[r0 + 2], x2[r0 + 3], W2[gk, H:], W2[gk + 1, H:], n_in)
-                z2[r0, gk] = b2[gk] + s[0]
-                z2[r0, gk + 1] = b2[gk + 1] + s[1]
-                z2[r0 + 1, gk] = b2[gk] + s[2]
-                z2[r0 + 1, gk + 1] = b2[gk + 1] + s[3]
-                z2[r0 + 2, gk] = b2[gk] + s[4]
-                z2[r0 + 2, gk + 1] = b2[gk + 1] + s[5]
-                z2[r0 + 3, gk] = b2[gk] + s[6]
-                z2[r0 + 3, gk + 1] = b2[gk + 1] + s[7]
+    # Parallel over blocks of 4 rows (t, n), register tile 4 rows x 2 gk; the
+    # same launch makes WT in chunks of 16 rows (one prange less to compile).
+    nrb = (TN + 3) // 4
+    for it in prange(nrb + (H + n_in + 15) // 16):
+        if it >= nrb:
+            j0 = 16 * (it - nrb)
+            _transpose(WT, W2, j0, min(j0 + 16, H + n_in))
         else:
+            rb = it
+            r0 = 4 * rb
+            r1 = min(r0 + 4, TN)
             for r in range(r0, r1):
-                for gk in range(G):
-                    z2[r, gk] = b2[gk] + dot1(x2[r], W2[gk, H:], n_in)
+                for j in range(n_in):
+                    hx2[r, H + j] = x2[r, j]
+            if r1 - r0 == 4:
+                for gk in range(0, G, 2):
+                    s = dots4x2(x2[r0], x2[r0 + 1], x2[r0 + 2], x2[r0 + 3], W2[gk, H:], W2[gk + 1, H:], n_in)
+                    z2[r0, gk] = b2[gk] + s[0]
+                    z2[r0, gk + 1] = b2[gk + 1] + s[1]
+                    z2[r0 + 1, gk] = b2[gk] + s[2]
+                    z2[r0 + 1, gk + 1] = b2[gk + 1] + s[3]
+                    z2[r0 + 2, gk] = b2[gk] + s[4]
+                    z2[r0 + 2, gk + 1] = b2[gk + 1] + s[5]
+                    z2[r0 + 3, gk] = b2[gk] + s[6]
+                    z2[r0 + 3, gk + 1] = b2[gk + 1] + s[7]
+            else:
+                for r in range(r0, r1):
+                    for gk in range(G):
+                        z2[r, gk] = b2[gk] + dot1(x2[r], W2[gk, H:], n_in)
     # The recurrence: time serial inside each block of 4 sequences, blocks in
     # parallel (one launch per call).  z_g[k] += sum_j W_g[k, j] h_{t-1}[j] for
     # all four gates of the 4 sequences in one pass over W[:, :, :H].
@@ -303,37 +311,32 @@ def lstm_forward(y, hT, cT, hx, z, a, c, sh, x, W, b, h0, c0, lengths, codes):
                     padded_step(y, hx, a, c, sh, t, n)
 
 
-@kernel
-def lstm_backward(dx, dW, db, dh0, dc0, dz, dy, dhT, dcT, hx, z, a, c, sh, W, lengths, codes):
-    """BPTT: dx, dh0, dc0, dz overwritten; dW, db accumulated (``+=``).
+@kernel(dynamic=True)  # the dx blocks and the transposes in one launch differ in cost
+def lstm_backward(dx, dW, db, dh0, dc0, dz, dzT, hxT, dy, dhT, dcT, hx, z, a, c, sh, WT, lengths, rows, codes):
+    """BPTT: dx, dh0, dc0 and the scratch overwritten; dW, db accumulated (``+=``).
 
     Outputs: dx (T, N, I); dW (4, H, H+I); db (4, H); dh0, dc0 (N, H) (they
     carry dL/dh_t, dL/dc_t backwards through time and end as dL/dh_0,
-    dL/dc_0); dz (T, N, 4, H) workspace, dL/dz per gate (0 at padded steps).
-    Upstream: dy (T, N, H) or (0, 0, 0) for none; dhT, dcT (N, H) gradients on
-    the final state (zeros for none).  Saved: hx, z, a, c, sh from
-    lstm_forward; W, lengths, codes as given to it.
+    dL/dc_0).  Scratch (allocated by the caller): dz (T, N, 4, H), dL/dz per
+    gate (0 at padded steps); dzT (4H, V), hxT (H+I, V) the transposed dz and
+    [h, x] rows of the V valid steps, ``rows`` (V,) int64 their indices
+    r = t N + n in increasing order.  Upstream: dy (T, N, H) or (0, 0, 0) for
+    none; dhT, dcT (N, H) gradients on the final state (zeros for none).
+    Saved: hx, z, a, c, sh, WT from lstm_forward; lengths, codes as given to it.
     """
     T, N, n_in = dx.shape
-    H = W.shape[1]
+    H = dh0.shape[1]
     G = 4 * H
     TN = T * N
     HI = H + n_in
     has_dy = dy.shape[0] == T
     zero = dx.dtype.type(0)
-    W2 = W.reshape((G, HI))
     dW2 = dW.reshape((G, HI))
     db2 = db.reshape(G)
     dz2 = dz.reshape((TN, G))
     dx2 = dx.reshape((TN, n_in))
     hx2 = hx.reshape((TN, HI))
-    # WT[j, gk] = W_g[k, j]: the sums over (g, k) below run over contiguous rows.
-    WT = np.empty((HI, G), dx.dtype)
-    all_gk = np.arange(G)
-    for jb in prange((HI + 15) // 16):
-        j0 = 16 * jb
-        j1 = min(j0 + 16, HI)
-        transpose_rows(WT[j0:j1], W2, all_gk, j0, j1, 0)
+    # WT[j, gk] = W_g[k, j] (made by the forward): the sums over (g, k) below run over contiguous rows.
     for nb in prange((N + 3) // 4):
         n0 = 4 * nb
         n1 = min(n0 + 4, N)
@@ -402,64 +405,55 @@ def lstm_backward(dx, dW, db, dh0, dc0, dz, dy, dhT, dcT, hx, z, a, c, sh, W, le
                     if t < lengths[n]:
                         for j in range(H):
                             dh0[n, j] = dot1(dz2[t * N + n], WT[j], G)
-    # x half: dL/dx_t[j] = sum_{g, k} dL/dz_g[k] W_g[k, H + j], parallel over
-    # blocks of 4 rows (t, n); 0 at padded steps
-    for rb in prange((TN + 3) // 4):
-        r0 = 4 * rb
-        r1 = min(r0 + 4, TN)
-        full = r1 - r0 == 4
-        for r in range(r0, r1):
-            t = r // N
-            if t >= lengths[r - t * N]:
-                full = False
-        if full:
-            for j in range(0, n_in - 1, 2):
-                s8 = dots4x2(dz2[r0], dz2[r0 + 1], dz2[r0 + 2], dz2[r0 + 3], WT[H + j], WT[H + j + 1], G)
-                dx2[r0, j] = s8[0]
-                dx2[r0, j + 1] = s8[1]
-                dx2[r0 + 1, j] = s8[2]
-                dx2[r0 + 1, j + 1] = s8[3]
-                dx2[r0 + 2, j] = s8[4]
-                dx2[r0 + 2, j + 1] = s8[5]
-                dx2[r0 + 3, j] = s8[6]
-                dx2[r0 + 3, j + 1] = s8[7]
-            if n_in % 2 == 1:
-                s4 = dots4x1(dz2[r0], dz2[r0 + 1], dz2[r0 + 2], dz2[r0 + 3], WT[HI - 1], G)
-                for m in range(4):
-                    dx2[r0 + m, n_in - 1] = s4[m]
-        else:
-            for r in range(r0, r1):
-                t = r // N
-                valid = t < lengths[r - t * N]
-                for j in range(n_in):
-                    dx2[r, j] = dot1(dz2[r], WT[H + j], G) if valid else zero
-    # dL/dW_g[k, j] += sum_{t, n} dL/dz_g[k] [h_{t-1}, x_t][j] over the V valid
-    # rows (t, n) in order: with dzT (4H, V) and hxT (H+I, V) the sum runs over
-    # contiguous rows; parallel over blocks of 4 rows gk, which own dW and db.
-    V = 0
-    for r in range(TN):
-        t = r // N
-        if t < lengths[r - t * N]:
-            V += 1
-    rows = np.empty(V, np.int64)
-    V = 0
-    for r in range(TN):
-        t = r // N
-        if t < lengths[r - t * N]:
-            rows[V] = r
-            V += 1
-    dzT = np.empty((G, V), dx.dtype)
-    hxT = np.empty((HI, V), dx.dtype)
+    # After the recurrence, one launch for two independent jobs:
+    # * x half: dL/dx_t[j] = sum_{g, k} dL/dz_g[k] W_g[k, H + j], blocks of 4 rows
+    #   (t, n); 0 at padded steps;
+    # * dzT, hxT: dz and [h_{t-1}, x_t] of the V valid rows (t, n), transposed so
+    #   the dW sums below run over contiguous rows (16 rows of dzT / hxT per chunk).
+    V = rows.shape[0]
+    nrb = (TN + 3) // 4
     nzb = (G + 15) // 16
-    for jb in prange(nzb + (HI + 15) // 16):
-        if jb < nzb:
-            j0 = 16 * jb
+    for it in prange(nrb + nzb + (HI + 15) // 16):
+        if it >= nrb + nzb:
+            j0 = 16 * (it - nrb - nzb)
+            j1 = min(j0 + 16, HI)
+            transpose_rows(hxT[j0:j1], hx2, rows, j0, j1, 0)
+        elif it >= nrb:
+            j0 = 16 * (it - nrb)
             j1 = min(j0 + 16, G)
             transpose_rows(dzT[j0:j1], dz2, rows, j0, j1, 0)
         else:
-            j0 = 16 * (jb - nzb)
-            j1 = min(j0 + 16, HI)
-            transpose_rows(hxT[j0:j1], hx2, rows, j0, j1, 0)
+            rb = it
+            r0 = 4 * rb
+            r1 = min(r0 + 4, TN)
+            full = r1 - r0 == 4
+            for r in range(r0, r1):
+                t = r // N
+                if t >= lengths[r - t * N]:
+                    full = False
+            if full:
+                for j in range(0, n_in - 1, 2):
+                    s8 = dots4x2(dz2[r0], dz2[r0 + 1], dz2[r0 + 2], dz2[r0 + 3], WT[H + j], WT[H + j + 1], G)
+                    dx2[r0, j] = s8[0]
+                    dx2[r0, j + 1] = s8[1]
+                    dx2[r0 + 1, j] = s8[2]
+                    dx2[r0 + 1, j + 1] = s8[3]
+                    dx2[r0 + 2, j] = s8[4]
+                    dx2[r0 + 2, j + 1] = s8[5]
+                    dx2[r0 + 3, j] = s8[6]
+                    dx2[r0 + 3, j + 1] = s8[7]
+                if n_in % 2 == 1:
+                    s4 = dots4x1(dz2[r0], dz2[r0 + 1], dz2[r0 + 2], dz2[r0 + 3], WT[HI - 1], G)
+                    for m in range(4):
+                        dx2[r0 + m, n_in - 1] = s4[m]
+            else:
+                for r in range(r0, r1):
+                    t = r // N
+                    valid = t < lengths[r - t * N]
+                    for j in range(n_in):
+                        dx2[r, j] = dot1(dz2[r], WT[H + j], G) if valid else zero
+    # dL/dW_g[k, j] += sum_{t, n} dL/dz_g[k] [h_{t-1}, x_t][j] over the V valid
+    # rows (t, n) in order, parallel over blocks of 4 rows gk, which own dW and db.
     for gb in prange(G // 4):
         g0 = 4 * gb
         for m in range(4):
