@@ -99,12 +99,23 @@ def dense_backward(dy, cache: DenseCache, *, check_finite=None):
     where = "dense_backward"
     if not isinstance(cache, DenseCache):
         raise TypeError(f"{where}: cache must be the DenseCache returned by dense_forward, got {type(cache).__name__}")
+    x, W, b = cache.x, cache.W, cache.b
+    dx = np.zeros_like(x)
+    dW = np.zeros_like(W)
+    db = np.zeros(W.shape[0], x.dtype) if b is not None else None
+    _dense_backward_into(dx, dW, db, dy, cache, check_finite, where)
+    return dx, dW, db
+
+
+def _dense_backward_into(dx, dW, db, dy, cache: DenseCache, check_finite, where):
+    """Accumulate (+=) the gradients into dx (x's shape), dW (W's shape), db ((m,) or None).
+
+    The Dense layer passes its own grads, so nothing is allocated for dW / db.
+    """
     x, W, b, z, activation = cache
     dy = as_array(dy, "dy", where, dtype=x.dtype, check_finite=check_finite)
     check_shape(dy, z.shape, "dy", where)
-    dx = np.zeros_like(x)
-    dW = np.zeros_like(W)
-    db = np.zeros(W.shape[0], x.dtype) if b is not None else _EMPTY[x.dtype]
+    db = _EMPTY[x.dtype] if db is None else db
     N, n = x.shape
     m = W.shape[0]
     code = activation_code(activation, where)
@@ -124,7 +135,6 @@ def dense_backward(dy, cache: DenseCache, *, check_finite=None):
             _jit.pick(_act.activation_backward, 8 * dz.size)(dz.reshape(-1), dy.reshape(-1), z.reshape(-1), code)
         dzT, xT, Wt = bufs if dot else (_EMPTY2[x.dtype],) * 3
         _jit.pick(_dense.dense_backward, N * m * n)(dx, dW, db, dz, x, W, dzT, xT, Wt)
-    return dx, dW, (db if b is not None else None)
 
 
 # --------------------------------------------------------------------------

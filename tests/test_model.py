@@ -223,6 +223,21 @@ def test_fit_reports_non_finite_loss(rng):
         model.fit(x, y * 1e300, fg.MSELoss(), fg.SGD(model, 1.0), epochs=2, batch_size=4, progress=False)
 
 
+def test_layers_scan_inputs_once_and_nan_weights_surface_in_the_loss(rng):
+    # Policy: a layer checks x / dy itself, then calls the functional API with
+    # check_finite=False; its own parameters are not rescanned on every call.
+    layer = fg.Dense(3, 2, dtype=np.float64, seed=0)
+    with pytest.raises(ValueError, match="Dense.forward.*NaN"):
+        layer(np.array([[np.nan, 0.0, 1.0]]))
+    layer.params["W"][0, 0] = np.nan  # set by hand, bypassing every API
+    y = layer(np.ones((2, 3)))
+    assert np.isnan(y[:, 0]).all() and np.isfinite(y[:, 1]).all()  # propagated, never cleaned
+    model = fg.Sequential(layer)
+    with pytest.raises(ValueError, match="MSELoss: pred contains NaN"):  # the loss scans what it is given
+        model.fit(rng.standard_normal((8, 3)), rng.standard_normal((8, 2)), fg.MSELoss(), fg.SGD(model, 0.1),
+                  epochs=1, batch_size=4, progress=False)
+
+
 def test_fit_history_and_validation(rng, capsys):
     model = fg.Sequential(fg.Dense(4, 3, dtype=np.float64, seed=0))
     x = rng.standard_normal((20, 4))

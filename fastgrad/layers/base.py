@@ -77,7 +77,12 @@ class Layer:
     def _input(self, x, method: str = "forward", name: str = "x", ndim=None) -> np.ndarray:
         """x as a C-contiguous array in the layer's dtype (float64 -> float32 is converted).
 
-        Layers without parameters keep the input's own float dtype.
+        Layers without parameters keep the input's own float dtype.  NaN/Inf in x
+        raises here under the check_finite policy; the layer then calls the
+        functional API with ``check_finite=False``, so each tensor is scanned
+        once and the layer's own parameters are not rescanned on every call
+        (non-finite parameters show up as a non-finite loss, which ``fit``
+        reports with the epoch and batch).
         """
         dtype = self.dtype if self.params else None
         return as_array(x, name, self._where(method), ndim=ndim, dtype=dtype)

@@ -80,7 +80,7 @@ class _ConvND(Layer):
             )
         y, self._cache = FC._conv_forward(
             x, self.params["K"], self.params.get("B"), self.stride, self.padding, self.dilation,
-            self.groups, self.activation, None, where,
+            self.groups, self.activation, False, where,  # x checked above; K, B are the layer's own
         )
         return y
 
@@ -89,7 +89,7 @@ class _ConvND(Layer):
         dx = np.zeros_like(cache.x)
         dK = self.grads["K"].reshape(cache.K.shape)  # views: the kernels accumulate into grads
         dB = None if cache.B is None else self.grads["B"].reshape(cache.B.shape)
-        FC._conv_backward_into(dx, dK, dB, dy, cache, None, self._where("backward"))
+        FC._conv_backward_into(dx, dK, dB, dy, cache, None, self._where("backward"))  # checks dy
         return dx if self.nd == 2 else dx.reshape(dx.shape[:2] + dx.shape[3:])
 
     def get_config(self):

@@ -19,13 +19,13 @@ class Activation(Layer):
 
     def forward(self, x):
         x = self._input(x)
-        y, self._cache = F.activation_forward(x, self.name)
+        y, self._cache = F.activation_forward(x, self.name, check_finite=False)
         return y
 
     def backward(self, dy):
         cache = self._saved()
         dy = self._grad_input(dy, cache[0].shape, cache[0].dtype)
-        return F.activation_backward(dy, cache)
+        return F.activation_backward(dy, cache, check_finite=False)
 
     def get_config(self):
         return {"name": self.name}
@@ -47,14 +47,14 @@ class Softmax(_AxisLayer):
 
     def forward(self, x):
         x = self._input(x)
-        y = F.softmax(x, self.axis)
+        y = F.softmax(x, self.axis, check_finite=False)
         self._cache = y
         return y
 
     def backward(self, dy):
         y = self._saved()
         dy = self._grad_input(dy, y.shape, y.dtype)
-        return F.softmax_backward(dy, y, self.axis)
+        return F.softmax_backward(dy, y, self.axis, check_finite=False)
 
 
 class LogSoftmax(_AxisLayer):
@@ -62,14 +62,14 @@ class LogSoftmax(_AxisLayer):
 
     def forward(self, x):
         x = self._input(x)
-        y = F.log_softmax(x, self.axis)
+        y = F.log_softmax(x, self.axis, check_finite=False)
         self._cache = y
         return y
 
     def backward(self, dy):
         y = self._saved()
         dy = self._grad_input(dy, y.shape, y.dtype)
-        return F.log_softmax_backward(dy, y, self.axis)
+        return F.log_softmax_backward(dy, y, self.axis, check_finite=False)
 
 
 class Flatten(Layer):

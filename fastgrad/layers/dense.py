@@ -40,16 +40,16 @@ class Dense(Layer):
         x = self._input(x, ndim=2)
         if x.shape[1] != self.in_features:
             raise ValueError(f"Dense.forward: x.shape[1]={x.shape[1]} does not match in_features={self.in_features}")
-        y, self._cache = F.dense_forward(x, self.params["W"], self.params.get("b"), self.activation)
+        # x was checked above; the parameters are the layer's own (see Layer.forward)
+        y, self._cache = F.dense_forward(x, self.params["W"], self.params.get("b"), self.activation, check_finite=False)
         return y
 
     def backward(self, dy):
         cache = self._saved()
         dy = self._grad_input(dy, cache.z.shape, self.dtype)
-        dx, dW, db = F.dense_backward(dy, cache)
-        self.grads["W"] += dW
-        if db is not None:
-            self.grads["b"] += db
+        dx = np.zeros_like(cache.x)
+        # the kernel accumulates straight into the layer's grads
+        F._dense_backward_into(dx, self.grads["W"], self.grads.get("b"), dy, cache, False, self._where("backward"))
         return dx
 
     def get_config(self):

@@ -17,7 +17,7 @@ class _Pool(Layer):
 
     def forward(self, x):
         x = self._input(x, ndim=self.nd + 2)
-        y, self._cache = FC._pool_forward(self.kind, x, self.kernel_size, self.stride, self.padding, None, self._where("forward"))
+        y, self._cache = FC._pool_forward(self.kind, x, self.kernel_size, self.stride, self.padding, False, self._where("forward"))
         return y
 
     def backward(self, dy):
