@@ -203,6 +203,11 @@ def _row_op(kern, where, arrays, names, axis, check_finite):
         ins.append(a)
     if ref.size == 0:
         return np.empty_like(ref)
+    if ax == ref.ndim - 1:  # already rows: no moveaxis copies (they cost ~5 us on small inputs)
+        n = ref.shape[ax]
+        out = np.empty_like(ref)
+        _jit.pick(kern, 16 * ref.size)(out.reshape(-1, n), *[a.reshape(-1, n) for a in ins])
+        return out
     rows = [_rows(a, ax) for a in ins]
     out = np.empty_like(rows[0])
     _jit.pick(kern, 16 * ref.size)(out, *rows)
