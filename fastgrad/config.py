@@ -192,11 +192,14 @@ def warmup(dtypes=("float32", "float64"), verbose=False, jobs=None) -> dict:
         dtypes = (dtypes,)
     dts = [float_dtype(d, "dtypes", "warmup") for d in dtypes]
     jobs = _default_jobs() if jobs is None else positive_int(jobs, "jobs", "warmup")
+    # Serial twins first: they compile (and cache on disk) the shared helpers, which the
+    # parallel twins, compiled next in whichever worker is free, then load instead of
+    # compiling again.  Biggest families first within each half.
     tasks = [
         (name, dt.name, twin)
+        for twin in ("serial", "parallel")
         for name, _ in sorted(WARMUPS, key=lambda w: -_WARM_COST.get(w[0], 5))
         for dt in dts
-        for twin in ("parallel", "serial")
     ]
     times = {}
     if jobs > 1 and _jit.cache_enabled():
