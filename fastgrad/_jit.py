@@ -168,11 +168,23 @@ def _njit(py_func, *, parallel: bool, fastmath):
         numba.config.CACHE_DIR = saved
 
 
-def helper(py_func=None, *, fastmath: bool = True):
-    """Decorator for small ``@njit`` functions called from kernels (inlined by LLVM)."""
+#: The one fast-math flag the exact kernels' sums use (see :func:`helper`).
+REASSOC = frozenset({"reassoc"})
+
+
+def helper(py_func=None, *, fastmath: bool = True, reassoc: bool = False):
+    """Decorator for small ``@njit`` functions called from kernels (inlined by LLVM).
+
+    ``fastmath=False, reassoc=True`` is for the sums of the exact kernels
+    (softmax, losses): LLVM may then split a sum into as many partial sums as
+    the vector registers hold, and nothing else (no approximate functions, no
+    assumptions about NaN/Inf).  The split is fixed by the compiled code, so the
+    result does not depend on the thread count.
+    """
 
     def wrap(func):
-        return _njit(func, parallel=False, fastmath=set(FASTMATH) if fastmath else False)
+        flags = set(FASTMATH) if fastmath else (set(REASSOC) if reassoc else False)
+        return _njit(func, parallel=False, fastmath=flags)
 
     return wrap if py_func is None else wrap(py_func)
 

@@ -172,11 +172,16 @@ def _exp_compiled(t):
 
 
 # --------------------------------------------------------------------------
-# row reductions with 8 partial results
+# row reductions
 # --------------------------------------------------------------------------
-# Without fast-math LLVM keeps a sequential sum / max sequential (no reassociation),
-# one element per add latency.  Eight explicit partial results, combined in a fixed
-# order, vectorise (SLP) and are deterministic for any thread count.
+# Without fast-math LLVM keeps a sum sequential, one element per add latency.
+# The max runs on integer order keys (integer max needs no flag); the sums are
+# compiled with the reassoc flag alone, so the loop vectoriser splits them into
+# vector partial sums (no approximate functions, NaN/Inf semantics unchanged).
+# Eight explicit scalar partial sums stayed scalar (numba turns SLP off).
+# Measured 2 threads, forward+backward: (256, 1000) f32 0.279 -> 0.240 ms,
+# (32, 50000) f64 5.59 -> 4.93 ms.  The split is fixed by the compiled code:
+# results do not depend on the thread count.
 
 
 @helper(fastmath=False)
@@ -190,46 +195,22 @@ def _row_max(x, r):
     return _order_key(m)
 
 
-@helper(fastmath=False)
+@helper(fastmath=False, reassoc=True)
 def _row_dot(a, b, r):
-    """sum_j a[r, j] * b[r, j] as 8 partial sums over j mod 8."""
-    n = a.shape[1]
-    n8 = n - n % 8
-    z = a.dtype.type(0)
-    s0, s1, s2, s3, s4, s5, s6, s7 = z, z, z, z, z, z, z, z
-    for j in range(0, n8, 8):
-        s0 += a[r, j] * b[r, j]
-        s1 += a[r, j + 1] * b[r, j + 1]
-        s2 += a[r, j + 2] * b[r, j + 2]
-        s3 += a[r, j + 3] * b[r, j + 3]
-        s4 += a[r, j + 4] * b[r, j + 4]
-        s5 += a[r, j + 5] * b[r, j + 5]
-        s6 += a[r, j + 6] * b[r, j + 6]
-        s7 += a[r, j + 7] * b[r, j + 7]
-    for j in range(n8, n):
-        s0 += a[r, j] * b[r, j]
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    """sum_j a[r, j] * b[r, j], vectorised: reassociation only (see _jit.helper)."""
+    s = a.dtype.type(0)
+    for j in range(a.shape[1]):
+        s += a[r, j] * b[r, j]
+    return s
 
 
-@helper(fastmath=False)
+@helper(fastmath=False, reassoc=True)
 def _row_sum(a, r):
-    """sum_j a[r, j] as 8 partial sums over j mod 8."""
-    n = a.shape[1]
-    n8 = n - n % 8
-    z = a.dtype.type(0)
-    s0, s1, s2, s3, s4, s5, s6, s7 = z, z, z, z, z, z, z, z
-    for j in range(0, n8, 8):
-        s0 += a[r, j]
-        s1 += a[r, j + 1]
-        s2 += a[r, j + 2]
-        s3 += a[r, j + 3]
-        s4 += a[r, j + 4]
-        s5 += a[r, j + 5]
-        s6 += a[r, j + 6]
-        s7 += a[r, j + 7]
-    for j in range(n8, n):
-        s0 += a[r, j]
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    """sum_j a[r, j], vectorised: reassociation only (see _jit.helper)."""
+    s = a.dtype.type(0)
+    for j in range(a.shape[1]):
+        s += a[r, j]
+    return s
 
 
 @helper(fastmath=False)
