@@ -140,7 +140,8 @@ def lstm_forward(x, W, b, h0=None, c0=None, activations=None, lengths=None, *, c
     WT = np.empty((H + n_in, 4 * H), dt)
     codes = np.array([activation_code(acts[g], where) for g in LSTM_GATES], np.int64)
     work = T * N * 4 * H * (H + n_in)
-    _jit.pick(_lstm.lstm_forward, work)(y, hT, cT, hx, z, a, c, sh, WT, x, W, b, h0, c0, lens, codes)
+    Wx = np.ascontiguousarray(W[:, :, H:]).reshape(4 * H, n_in)  # the input half, for a contiguous product
+    _jit.pick(_lstm.lstm_forward, work)(y, hT, cT, hx, z, a, c, sh, WT, x, W, Wx, b, h0, c0, lens, codes)
     return (y, (hT, cT)), LSTMCache(hx, z, a, c, sh, W, WT, b, lens, acts, codes)
 
 
