@@ -34,7 +34,7 @@ register tile 4 rows x 2 rows); the gate and unit are merged, gk = g H + k.
   whole time loop inside (one parallel launch per call, not one per step);
   each load of a W row feeds the 4 sequences of the block;
 * backward: dL/dh_{t-1} = dz . W^T uses WT (H+I, 4H), a transposed copy of W
-  made once per call; dx after the recurrence, parallel over blocks of 4 rows
+  made by the forward; dx after the recurrence, parallel over chunks of rows
   (t, n); dW, db over the valid rows only, with dz and [h, x] transposed
   (dzT (4H, V), hxT (H+I, V)) and multiplied by the dense layer's blocked
   product, parallel over the chunks of rows gk that own them, each sum over
@@ -405,8 +405,11 @@ def lstm_backward(dx, dW, db, dh0, dc0, dz, dzT, hxT, dy, dhT, dcT, hx, z, a, c,
     #   (t, n); 0 at padded steps;
     # * dzT, hxT: dz and [h_{t-1}, x_t] of the V valid rows (t, n), transposed so
     #   the dW sums below run over contiguous rows (16 rows of dzT / hxT per chunk).
+    # The x half is dense's blocked product (_rows) on WT[H:] (I, 4H), over chunks
+    # of rows (t, n); dz is 0 at padded steps and those rows are set to exactly 0.
     V = rows.shape[0]
-    nrb = (TN + 3) // 4
+    KX, CB = _tiling(n_in, G * WT.itemsize, 3)
+    nrb = (TN + 4 * CB - 1) // (4 * CB)
     nzb = (G + 15) // 16
     for it in prange(nrb + nzb + (HI + 15) // 16):
         if it >= nrb + nzb:
@@ -418,35 +421,14 @@ def lstm_backward(dx, dW, db, dh0, dc0, dz, dzT, hxT, dy, dhT, dcT, hx, z, a, c,
             j1 = min(j0 + 16, G)
             transpose_rows(dzT[j0:j1], dz2, rows, j0, j1, 0)
         else:
-            rb = it
-            r0 = 4 * rb
-            r1 = min(r0 + 4, TN)
-            full = r1 - r0 == 4
-            for r in range(r0, r1):
+            r_lo = 4 * CB * it
+            r_hi = min(r_lo + 4 * CB, TN)
+            _rows(dx2, dz2, WT[H:], db2[:0], False, r_lo, r_hi, KX)
+            for r in range(r_lo, r_hi):
                 t = r // N
                 if t >= lengths[r - t * N]:
-                    full = False
-            if full:
-                for j in range(0, n_in - 1, 2):
-                    s8 = dots4x2(dz2[r0], dz2[r0 + 1], dz2[r0 + 2], dz2[r0 + 3], WT[H + j], WT[H + j + 1], G)
-                    dx2[r0, j] = s8[0]
-                    dx2[r0, j + 1] = s8[1]
-                    dx2[r0 + 1, j] = s8[2]
-                    dx2[r0 + 1, j + 1] = s8[3]
-                    dx2[r0 + 2, j] = s8[4]
-                    dx2[r0 + 2, j + 1] = s8[5]
-                    dx2[r0 + 3, j] = s8[6]
-                    dx2[r0 + 3, j + 1] = s8[7]
-                if n_in % 2 == 1:
-                    s4 = dots4x1(dz2[r0], dz2[r0 + 1], dz2[r0 + 2], dz2[r0 + 3], WT[HI - 1], G)
-                    for m in range(4):
-                        dx2[r0 + m, n_in - 1] = s4[m]
-            else:
-                for r in range(r0, r1):
-                    t = r // N
-                    valid = t < lengths[r - t * N]
                     for j in range(n_in):
-                        dx2[r, j] = dot1(dz2[r], WT[H + j], G) if valid else zero
+                        dx2[r, j] = zero
     # dL/dW_g[k, j] += sum_{t, n} dL/dz_g[k] [h_{t-1}, x_t][j] over the V valid
     # rows (t, n) in order: dense's blocked dot-product form (_rows, 4 rows gk x 3
     # rows j, 7 loads per 12 multiply-adds) over chunks of rows gk, which own dW and db.
