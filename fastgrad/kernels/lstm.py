@@ -28,7 +28,8 @@ matrix product is a set of dot products over a contiguous index (dots4x2:
 register tile 4 rows x 2 rows); the gate and unit are merged, gk = g H + k.
 
 * input projection ``b + W[:, :, H:] . x_t`` for every (t, n) before the time
-  loop: one big loop, parallel over blocks of 4 rows (t, n) that own the outputs;
+  loop: one big product (the dense layer's blocked ``_rows``), parallel over
+  chunks of rows (t, n) that own the outputs;
 * the recurrence: time is serial inside each sequence, sequences are
   independent, so the loop is parallel over blocks of 4 sequences with the
   whole time loop inside (one parallel launch per call, not one per step);
