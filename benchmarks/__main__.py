@@ -195,18 +195,27 @@ def main(argv=None) -> int:
             print("== peak: NumPy GEMM", file=sys.stderr, flush=True)
             data["peak"] = _run_worker(["--peak", "--repeats", str(gemm_repeats), "--min-repeats", "2", "--budget", "2"],
                                        tmp / "peak.json", args.threads, timeout)
-        # numpy first: its worker saves the reference outputs the other workers' correctness guard loads
+        # One op at a time, every library in turn (numpy first: its worker saves the
+        # reference outputs the other workers' correctness guard loads), so each
+        # ratio compares timings taken minutes apart at most, not a whole run apart:
+        # this VM has slow spells that shifted a whole library's block by 20-40 %.
         (tmp / "ref").mkdir()
-        for lib in sorted(args.libs, key=lambda name: name != "numpy"):
-            print(f"== {lib}", file=sys.stderr, flush=True)
-            cmd = ["--lib", lib, "--cases", ",".join(c.id for c in cases), "--dtypes", ",".join(args.dtypes), *timing]
-            cmd += ["--no-check"] if args.no_check else ["--ref-dir", str(tmp / "ref")]
-            res = _run_worker(cmd, tmp / f"{lib}.json", args.threads, timeout)
-            if res is None:
-                data["libs"][lib] = {"version": None, "error": "worker produced no results"}
-                continue
-            data["libs"][lib] = {"version": res.get("version"), "error": res.get("error"), "wall_s": res.get("wall_s")}
-            data["rows"] += res.get("rows", [])
+        ops = list(dict.fromkeys(c.op for c in cases))
+        for op in ops:
+            op_cases = [c for c in cases if c.op == op]
+            for lib in sorted(args.libs, key=lambda name: name != "numpy"):
+                print(f"== {op}: {lib}", file=sys.stderr, flush=True)
+                cmd = ["--lib", lib, "--cases", ",".join(c.id for c in op_cases), "--dtypes", ",".join(args.dtypes), *timing]
+                cmd += ["--no-check"] if args.no_check else ["--ref-dir", str(tmp / "ref")]
+                res = _run_worker(cmd, tmp / f"{lib}-{op}.json", args.threads, timeout)
+                entry = data["libs"].setdefault(lib, {"version": None, "error": None, "wall_s": 0.0})
+                if res is None:
+                    entry["error"] = "worker produced no results"
+                    continue
+                entry["version"] = entry["version"] or res.get("version")
+                entry["error"] = entry["error"] or res.get("error")
+                entry["wall_s"] += res.get("wall_s") or 0.0
+                data["rows"] += res.get("rows", [])
         if not args.no_compile:
             cache = tmp / "cache"  # fresh: nothing compiled yet
             cache.mkdir()
