@@ -47,9 +47,13 @@ from .cases import DTYPES, OPS, all_cases
 ROOT = Path(__file__).resolve().parents[1]
 LIBS = ("numpy", "fastgrad", "torch")
 
-#: (repeats, min_repeats, warmup, budget seconds per timed pass, GEMM repeats)
-FULL = (30, 5, 3, 5.0, 7)
+#: (repeats, min_repeats, warmup, budget seconds per timed pass, GEMM repeats).
+#: A full pass times for about ``budget`` seconds (at least min_repeats calls,
+#: at most repeats) after at least WARMUP_S seconds of warm-up calls: with 30
+#: calls of a 0.1 ms case a single slow spell of the VM moved its median.
+FULL = (3000, 20, 3, 1.0, 7)
 QUICK = (5, 3, 1, 0.5, 3)
+WARMUP_S = {"full": 0.3, "quick": 0.0}
 
 
 def _csv(text: str, allowed, what: str) -> list:
@@ -187,7 +191,8 @@ def main(argv=None) -> int:
         "libs": {},
         "rows": [],
     }
-    timing = ["--warmup", str(warmup), "--repeats", str(repeats), "--min-repeats", str(min_repeats), "--budget", str(budget)]
+    timing = ["--warmup", str(warmup), "--repeats", str(repeats), "--min-repeats", str(min_repeats), "--budget", str(budget),
+              "--warmup-s", str(WARMUP_S["quick" if args.quick else "full"])]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fastgrad-bench-") as tmp:
         tmp = Path(tmp)

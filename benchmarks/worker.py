@@ -58,10 +58,13 @@ def _peer(lib: str):
     return mod
 
 
-def time_calls(fn, warmup: int, repeats: int, min_repeats: int, budget: float) -> list:
-    """Seconds of each timed call of ``fn`` (after ``warmup`` untimed calls)."""
-    for _ in range(warmup):
+def time_calls(fn, warmup: int, repeats: int, min_repeats: int, budget: float, warmup_s: float = 0.0) -> list:
+    """Seconds of each timed call of ``fn`` (after ``warmup`` untimed calls, and at least ``warmup_s`` seconds of them)."""
+    start = time.perf_counter()
+    done = 0
+    while done < warmup or time.perf_counter() - start < warmup_s:
         fn()
+        done += 1
     times = []
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -172,7 +175,7 @@ def run_library(args) -> int:
                 bench = peer.build(case, dtype, make_inputs(case.op, case.shape, dtype))
                 for pass_ in PASSES:
                     fn = bench.forward if pass_ == "fwd" else bench.fwdbwd
-                    times = time_calls(fn, args.warmup, args.repeats, args.min_repeats, args.budget)
+                    times = time_calls(fn, args.warmup, args.repeats, args.min_repeats, args.budget, args.warmup_s)
                     ms = np.array(times) * 1e3
                     med = float(np.median(ms))
                     row = dict(base, **{
@@ -278,6 +281,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", default=",".join(DTYPES))
     p.add_argument("--threads", type=int, default=int(os.environ.get("NUMBA_NUM_THREADS", os.cpu_count() or 1)))
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup-s", type=float, default=0.0, help="keep warming up for at least this many seconds")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--min-repeats", type=int, default=5)
     p.add_argument("--budget", type=float, default=5.0, help="seconds per timed pass after min-repeats")
