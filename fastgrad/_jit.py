@@ -70,7 +70,7 @@ _KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 #: loops (and the reduction in util.all_finite).  The passes that turn NumPy
 #: calls, comprehensions and slice assignments into parallel loops, and loop
 #: fusion, have nothing to work on in index-form kernels but still analyse every
-#: statement.  Cold compile, every kernel, float32, one process: ...
+#: statement.  Cold compile, every kernel, float32, one process: 69 -> 66 s.
 _PARALLEL_OPTIONS = {
     "prange": True,
     "reduction": True,

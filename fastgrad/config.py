@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -122,7 +123,10 @@ def _compile_in_workers(tasks: list, jobs: int, verbose: bool) -> dict:
     costs time: whatever it did not compile is compiled here afterwards.
     Returns {"name dtype twin": seconds} for the tasks the workers finished.
     """
-    env = dict(os.environ, FASTGRAD_CACHE_DIR=str(_jit.cache_dir().parent), PYTHONWARNINGS="ignore")
+    # the workers must import this very fastgrad (a source checkout on sys.path included)
+    here = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, FASTGRAD_CACHE_DIR=str(_jit.cache_dir().parent), PYTHONPATH=path, PYTHONWARNINGS="ignore")
     pending = list(tasks)
     lock = threading.Lock()
     finished = queue.Queue()  # tasks a worker compiled, or None when a driver stops
