@@ -5,6 +5,7 @@ import pytest
 from fd import assert_close, numeric_grad, random_direction_check
 from reference import cross_entropy, log_softmax, softmax, softmax_jacobian, softmax_vjp
 
+import fastgrad as fg
 import fastgrad.functional as F
 
 
@@ -127,3 +128,12 @@ def test_threads_bitwise(dtype, rng, threads):
 
     for a, b in zip(threads(1, run), threads(2, run)):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("layer", [fg.Softmax(), fg.Softmax(axis=0), fg.LogSoftmax(), fg.LogSoftmax(axis=0)],
+                         ids=["softmax", "softmax-axis0", "log_softmax", "log_softmax-axis0"])
+def test_softmax_layers_pass_gradcheck_and_match_the_functions(layer, rng):
+    x = rng.standard_normal((4, 5))
+    fg.gradcheck(layer, x)  # raises GradcheckError on a wrong backward
+    want = (F.softmax if isinstance(layer, fg.Softmax) else F.log_softmax)(x, layer.axis)
+    np.testing.assert_array_equal(layer(x), want)

@@ -32,11 +32,27 @@ class Activation(Layer):
 
 
 class _AxisLayer(Layer):
+    """A row-wise op along ``axis`` whose backward needs only its own output.
+
+    Subclasses name the functional pair in ``_forward`` / ``_backward``.
+    """
+
     def __init__(self, axis=-1):
         super().__init__()
         if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
             raise TypeError(f"{type(self).__name__}: axis must be an int, got {type(axis).__name__}")
         self.axis = int(axis)
+
+    def forward(self, x):
+        x = self._input(x)
+        y = self._forward(x, self.axis, check_finite=False)
+        self._cache = y
+        return y
+
+    def backward(self, dy):
+        y = self._saved()
+        dy = self._grad_input(dy, y.shape, y.dtype)
+        return self._backward(dy, y, self.axis, check_finite=False)
 
     def get_config(self):
         return {"axis": self.axis}
@@ -45,31 +61,15 @@ class _AxisLayer(Layer):
 class Softmax(_AxisLayer):
     """``y = softmax(x)`` along ``axis``; backward is the O(n) JVP from the saved output."""
 
-    def forward(self, x):
-        x = self._input(x)
-        y = F.softmax(x, self.axis, check_finite=False)
-        self._cache = y
-        return y
-
-    def backward(self, dy):
-        y = self._saved()
-        dy = self._grad_input(dy, y.shape, y.dtype)
-        return F.softmax_backward(dy, y, self.axis, check_finite=False)
+    _forward = staticmethod(F.softmax)
+    _backward = staticmethod(F.softmax_backward)
 
 
 class LogSoftmax(_AxisLayer):
-    """``y = log_softmax(x)`` along ``axis``."""
+    """``y = log_softmax(x)`` along ``axis``; backward from the saved output."""
 
-    def forward(self, x):
-        x = self._input(x)
-        y = F.log_softmax(x, self.axis, check_finite=False)
-        self._cache = y
-        return y
-
-    def backward(self, dy):
-        y = self._saved()
-        dy = self._grad_input(dy, y.shape, y.dtype)
-        return F.log_softmax_backward(dy, y, self.axis, check_finite=False)
+    _forward = staticmethod(F.log_softmax)
+    _backward = staticmethod(F.log_softmax_backward)
 
 
 class Flatten(Layer):
