@@ -112,7 +112,7 @@ def _dense_backward_into(dx, dW, db, dy, cache: DenseCache, check_finite, where)
 
     The Dense layer passes its own grads, so nothing is allocated for dW / db.
     """
-    x, W, b, z, activation = cache
+    x, W, _b, z, activation = cache
     dy = as_array(dy, "dy", where, dtype=x.dtype, check_finite=check_finite)
     check_shape(dy, z.shape, "dy", where)
     db = _EMPTY[x.dtype] if db is None else db

@@ -81,8 +81,7 @@ class Layer:
         raises here under the check_finite policy; the layer then calls the
         functional API with ``check_finite=False``, so each tensor is scanned
         once and the layer's own parameters are not rescanned on every call
-        (non-finite parameters show up as a non-finite loss, which ``fit``
-        reports with the epoch and batch).
+        (a NaN parameter propagates to the output, where the loss refuses it).
         """
         dtype = self.dtype if self.params else None
         return as_array(x, name, self._where(method), ndim=ndim, dtype=dtype)

@@ -40,7 +40,7 @@ class Dense(Layer):
         x = self._input(x, ndim=2)
         if x.shape[1] != self.in_features:
             raise ValueError(f"Dense.forward: x.shape[1]={x.shape[1]} does not match in_features={self.in_features}")
-        # x was checked above; the parameters are the layer's own (see Layer.forward)
+        # x was checked above; the parameters are the layer's own (see Layer._input)
         y, self._cache = F.dense_forward(x, self.params["W"], self.params.get("b"), self.activation, check_finite=False)
         return y
 
