@@ -147,16 +147,38 @@ def real_number(value, name: str, where: str, *, low=None, high=None, low_open=F
     return v
 
 
-def check_alloc(shape: tuple, dtype, where: str) -> None:
-    """Refuse absurd allocations with the shape and the byte count."""
-    n = 1
-    for s in shape:
-        n *= int(s)
-    nbytes = n * np.dtype(dtype).itemsize
+def format_bytes(nbytes: int) -> str:
+    """1536 -> '1.5 KiB'; exact byte count for small values."""
+    value = float(nbytes)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if value < 1024 or unit == "EiB":
+            return f"{nbytes} bytes" if unit == "bytes" else f"{value:.2f} {unit}"
+        value /= 1024
+    return f"{nbytes} bytes"  # pragma: no cover
+
+
+def check_alloc(where: str, dtype, arrays, what: str = "", copies: int = 1) -> None:
+    """Refuse absurd allocations before they are attempted, naming arrays, shapes, dtype and bytes.
+
+    ``arrays``: (name, shape) pairs that would be allocated together, with the
+    shapes the user sees (``y (N, M, Ho, Wo)``, never an internal layout).
+    Sizes are Python ints, so nothing overflows however large the request.
+    ``copies`` counts each array that many times and ``what`` says why
+    (parameters: 2, "with their gradients").
+    """
+    itemsize = np.dtype(dtype).itemsize
+    nbytes = 0
+    for _name, shape in arrays:
+        n = itemsize
+        for s in shape:
+            n *= int(s)
+        nbytes += n * copies
     if nbytes > MAX_ALLOC_BYTES:
+        listed = " and ".join(f"{name} {tuple(int(s) for s in shape)}" for name, shape in arrays)
+        suffix = f" {what}" if what else ""
         raise ValueError(
-            f"{where}: output of shape {tuple(shape)} would need {nbytes / 2**30:.1f} GiB "
-            f"(limit {MAX_ALLOC_BYTES / 2**30:.0f} GiB)"
+            f"{where}: {listed} {np.dtype(dtype).name}{suffix} would need {format_bytes(nbytes)} "
+            f"({nbytes:,} bytes), more than the {format_bytes(MAX_ALLOC_BYTES)} limit"
         )
 
 

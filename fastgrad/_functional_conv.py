@@ -236,7 +236,7 @@ def _conv_forward(x, K, B, stride, padding, dilation, groups, activation, check_
             )
         bias_shape = B.shape
     full_out = (N, M) + out
-    check_alloc((2,) + full_out, x.dtype, where)
+    check_alloc(where, x.dtype, [("y", full_out), ("z", full_out)])
     x4 = _as2d(x, nd)
     K4 = _as2d(K, nd)
     z = np.empty((N, M) + (1,) * (2 - nd) + out, x.dtype)
@@ -352,7 +352,7 @@ def _pool_setup(x, kernel_size, stride, padding, check_finite, where):
     else:
         dims = PoolDims(kernel[0], kernel[1], stride[0], stride[1], pads[0], pads[1])
     full_out = x.shape[:2] + out
-    check_alloc(full_out, x.dtype, where)
+    check_alloc(where, x.dtype, [("y", full_out)])
     return x, _as2d(x, nd), nd, dims, full_out
 
 

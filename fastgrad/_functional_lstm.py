@@ -127,7 +127,7 @@ def lstm_forward(x, W, b, h0=None, c0=None, activations=None, lengths=None, *, c
     h0 = _state(h0, "h0", N, H, x, where, check_finite)
     c0 = _state(c0, "c0", N, H, x, where, check_finite)
     lens = lstm_lengths(lengths, T, N, where)
-    check_alloc((T * N * (11 * H + n_in) + 4 * H * (H + n_in),), x.dtype, where)
+    check_alloc(where, x.dtype, [("y", (T, N, H)), ("saved gates and states", (T * N * (10 * H + n_in) + 4 * H * (H + n_in),))])
     dt = x.dtype
     y = np.empty((T, N, H), dt)
     hT = np.empty((N, H), dt)
@@ -187,7 +187,7 @@ def lstm_backward(dy, cache, dhT=None, dcT=None, *, check_finite=None):
     rows = r[r // N < lens[r % N]]
     V = rows.shape[0]
     G = 4 * H
-    check_alloc((T * N * G + (G + H + n_in) * V,), dt, where)
+    check_alloc(where, dt, [("dx", (T, N, n_in)), ("scratch", (T * N * G + (G + H + n_in) * V,))])
     work = 2 * T * N * G * (H + n_in)
     with scratch(dt, (T, N, 4, H), (G, V), (H + n_in, V)) as (dz, dzT, hxT):
         _jit.pick(_lstm.lstm_backward, work)(

@@ -82,7 +82,7 @@ def dense_forward(x, W, b=None, activation="identity", *, check_finite=None):
         b = as_array(b, "b", where, ndim=1, check_finite=check_finite)
         _same_dtype(b, x, "b", where, "x")
         check_shape(b, (m,), "b", where)
-    check_alloc((2, N, m), x.dtype, where)
+    check_alloc(where, x.dtype, [("y", (N, m)), ("z", (N, m))])
     z = np.empty((N, m), x.dtype)
     # identity: y is z, one array serves both (sigma' = 1 never reads z's values)
     y = np.empty((N, m), x.dtype) if code != 0 else z
@@ -125,7 +125,7 @@ def _dense_backward_into(dx, dW, db, dy, cache: DenseCache, check_finite, where)
     shapes = [(N, m)] if code != 0 else []
     shapes += [(m, N), (n, N), (n, m)] if dot else []
     if shapes:
-        check_alloc((sum(int(np.prod(s)) for s in shapes),), x.dtype, where)
+        check_alloc(where, x.dtype, [("scratch", (sum(int(np.prod(s)) for s in shapes),))])
     with scratch(x.dtype, *shapes) as bufs:
         if code == 0:
             dz = dy  # identity: sigma' = 1

@@ -42,18 +42,39 @@ def save(model, path) -> None:
     path = os.fspath(path)
     arrays = {_PARAM_PREFIX + name: np.ascontiguousarray(arr) for name, arr in model.params.items()}
     arrays[_ARCH_KEY] = np.array(json.dumps(_describe_model(model)))
+    _write_atomic(path, arrays, "save")
+
+
+def _write_atomic(path: str, arrays: dict, where: str) -> None:
+    """np.savez into a temporary file beside ``path``, fsync, then os.replace.
+
+    Errors name the user's path (never the hidden temporary file) and keep
+    their type: a missing directory is still a FileNotFoundError.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fastgrad-", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fastgrad-", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        if not os.path.isdir(directory):
+            reason = f"directory {directory} does not exist"
+        else:
+            reason = exc.strerror or type(exc).__name__
+        raise type(exc)(exc.errno, f"{where}: cannot write {path}: {reason}") from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove_quietly(tmp)
         raise
+
+
+def _remove_quietly(tmp) -> None:
+    if tmp is not None and os.path.exists(tmp):
+        os.unlink(tmp)
 
 
 def _read(path) -> tuple[dict, dict]:

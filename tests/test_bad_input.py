@@ -120,3 +120,65 @@ def test_list_input_is_accepted_as_float():
     np.testing.assert_allclose(y, np.array([[1.0, 2.0, 3.0, 4.0]]) @ W.T + B)
     with pytest.raises(TypeError, match="int64"):
         F.dense_forward([[1, 2, 3, 4]], W, B)
+
+
+# -- sizes: computed in Python ints before anything is allocated -------------------------
+
+
+@pytest.mark.parametrize(
+    "build, words",
+    [
+        (lambda: fg.Dense(10**6, 10**6), ["Dense", "W (1000000, 1000000)", "float32", "TiB", "bytes"]),
+        (lambda: fg.Dense(10**6, 10**6, dtype=np.float64), ["Dense", "float64", "TiB"]),
+        (lambda: fg.LSTM(3, 10**7), ["LSTM", "W_l0 (4, 10000000, 10000003)", "float32", "PiB"]),
+        (lambda: fg.Conv2D(10**5, 10**5, 9), ["Conv2D", "K (100000, 100000, 9, 9)", "float32", "bytes"]),
+    ],
+)
+def test_absurd_layer_sizes_raise_before_allocating(build, words):
+    with pytest.raises(ValueError) as info:
+        build()
+    message = str(info.value)
+    for word in words:
+        assert word in message, message
+    assert "Unable to allocate" not in message
+
+
+def test_parameters_are_drawn_in_the_layers_own_dtype():
+    """A float32 layer never holds a float64 copy of its weights, even briefly."""
+    import tracemalloc
+
+    n = 1500
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        layer = fg.Dense(n, n, dtype=np.float32, seed=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert layer.params["W"].dtype == np.float32
+    owned = 2 * n * n * 4  # W and its gradient
+    assert peak < owned + n * n * 4 // 2, f"peak {peak} bytes for {owned} bytes of float32 parameters and grads"
+    bound = 1 / np.sqrt(n)
+    assert np.abs(layer.params["W"]).max() <= bound and layer.params["W"].std() > bound / 2
+
+
+@pytest.mark.parametrize(
+    "x_shape, padding, shown",
+    [((1, 1, 1, 1), 10**5, "y (1, 1, 200001, 200001)"), ((1, 1, 1), 10**10, "y (1, 1, 20000000001)")],
+)
+def test_size_errors_speak_in_the_users_shapes(x_shape, padding, shown):
+    with pytest.raises(ValueError) as info:
+        F.conv_forward(np.ones(x_shape), np.ones(x_shape), padding=padding)
+    message = str(info.value)
+    assert shown in message and "float64" in message and "bytes" in message, message
+    assert "(2, 1" not in message  # no internal stacked or 4-D layout
+
+
+def test_save_errors_name_the_users_path(tmp_path):
+    target = tmp_path / "missing_dir" / "m.npz"
+    with pytest.raises(FileNotFoundError) as info:
+        fg.save(fg.Dense(2, 2), target)
+    message = str(info.value)
+    assert str(target) in message and "does not exist" in message, message
+    assert ".fastgrad-" not in message and ".tmp" not in message
+    assert not (tmp_path / "missing_dir").exists()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import as_array, float_dtype
+from .._checks import as_array, check_alloc, float_dtype
 
 
 class Layer:
@@ -99,7 +99,23 @@ class Layer:
         return dy
 
 
+def check_param_sizes(where: str, dtype, shapes: dict) -> None:
+    """Refuse parameter shapes whose arrays (and their gradients) could not be allocated.
+
+    Runs before anything is drawn, with the sizes in Python ints:
+    ``Dense(10**6, 10**6)`` raises a ValueError naming W, its shape, the dtype and
+    the bytes instead of numpy's MemoryError halfway through the constructor.
+    """
+    check_alloc(where, dtype, list(shapes.items()), "with their gradients", copies=2)
+
+
 def uniform_init(rng: np.random.Generator, shape: tuple, fan_in: int, dtype) -> np.ndarray:
-    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for Linear, Conv and LSTM."""
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for Linear, Conv and LSTM.
+
+    Drawn in ``dtype`` itself (a float32 layer never holds a float64 copy of its weights).
+    """
     bound = 1.0 / np.sqrt(max(fan_in, 1))
-    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+    out = rng.random(shape, dtype=np.dtype(dtype).type)  # [0, 1)
+    out *= out.dtype.type(2.0 * bound)
+    out -= out.dtype.type(bound)
+    return out

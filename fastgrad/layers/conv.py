@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import _functional_conv as FC
 from .._checks import activation_code, positive_int
-from .base import Layer, uniform_init
+from .base import Layer, check_param_sizes, uniform_init
 
 _BIAS_MODES = ("tied", "untied", None)
 
@@ -59,15 +59,18 @@ class _ConvND(Layer):
         self.padding = padding if isinstance(padding, str) else _jsonable(padding)
         if bias == "untied" and self.input_size is None:
             raise ValueError(f"{where}: bias='untied' (one bias per output position) needs input_size")
-        rng = np.random.default_rng(seed)
         cg = self.in_channels // self.groups
         fan_in = cg * int(np.prod(self.kernel_size))
-        self._add_param("K", uniform_init(rng, (self.out_channels, cg) + self.kernel_size, fan_in, self.dtype))
+        shapes = {"K": (self.out_channels, cg) + self.kernel_size}
         if bias == "tied":
-            self._add_param("B", uniform_init(rng, (self.out_channels,), fan_in, self.dtype))
+            shapes["B"] = (self.out_channels,)
         elif bias == "untied":
             out = FC.conv_output_shape(self.input_size, self.kernel_size, self.stride, self.padding, self.dilation, where)
-            self._add_param("B", uniform_init(rng, (self.out_channels,) + out, fan_in, self.dtype))
+            shapes["B"] = (self.out_channels,) + out
+        check_param_sizes(where, self.dtype, shapes)
+        rng = np.random.default_rng(seed)
+        for name, shape in shapes.items():
+            self._add_param(name, uniform_init(rng, shape, fan_in, self.dtype))
 
     def forward(self, x):
         where = self._where("forward")

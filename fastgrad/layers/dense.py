@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import functional as F
 from .._checks import activation_code, positive_int
-from .base import Layer, uniform_init
+from .base import Layer, check_param_sizes, uniform_init
 
 
 class Dense(Layer):
@@ -31,6 +31,10 @@ class Dense(Layer):
             raise TypeError(f"{where}: bias must be True or False, got {type(bias).__name__}")
         self.activation = activation
         self.bias = bool(bias)
+        shapes = {"W": (self.out_features, self.in_features)}
+        if self.bias:
+            shapes["b"] = (self.out_features,)
+        check_param_sizes(where, self.dtype, shapes)
         rng = np.random.default_rng(seed)
         self._add_param("W", uniform_init(rng, (self.out_features, self.in_features), self.in_features, self.dtype))
         if self.bias:

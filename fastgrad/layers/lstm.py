@@ -6,7 +6,7 @@ import numpy as np
 
 from .._checks import as_array, positive_int, real_number
 from .._functional_lstm import lstm_activations, lstm_backward, lstm_forward, lstm_lengths
-from .base import Layer, uniform_init
+from .base import Layer, check_param_sizes, uniform_init
 
 
 def _reverse_index(T: int, lengths: np.ndarray) -> np.ndarray:
@@ -79,15 +79,19 @@ class LSTM(Layer):
         self.state = None
         self.state_grad = None
         H = self.hidden_size
-        rng = np.random.default_rng(seed)
+        shapes = {}
         for layer in range(self.num_layers):
             fan = self.input_size if layer == 0 else H * self.num_directions
             for suffix in self._suffixes():
-                name = f"l{layer}{suffix}"
-                self._add_param("W_" + name, uniform_init(rng, (4, H, H + fan), H, self.dtype))
-                bias = uniform_init(rng, (4, H), H, self.dtype)
-                bias[0] = self.forget_bias
-                self._add_param("b_" + name, bias)
+                shapes[f"W_l{layer}{suffix}"] = (4, H, H + fan)
+                shapes[f"b_l{layer}{suffix}"] = (4, H)
+        check_param_sizes(where, self.dtype, shapes)
+        rng = np.random.default_rng(seed)
+        for name, shape in shapes.items():
+            value = uniform_init(rng, shape, H, self.dtype)
+            if name.startswith("b_"):
+                value[0] = self.forget_bias
+            self._add_param(name, value)
 
     @property
     def num_directions(self) -> int:
