@@ -3,7 +3,8 @@
     Conv2D(1 -> 16, 3x3, same, relu) -> Conv2D(16 -> 32, 3x3, same, relu) -> MaxPool2D(2)
     -> Flatten -> Dense(512 -> 10)
 
-Trained with Adam on the fixed 80/20 split of :func:`fastgrad.examples.data.load_digits_split`.
+Trained with Adam on the fixed 80/20 split of :func:`fastgrad.examples.data.load_digits_split`,
+each epoch on the training images plus a copy shifted by one random pixel (:func:`~fastgrad.examples.data.shifted`).
 Run ``python -m fastgrad.examples.cnn``.
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 from .. import Adam, CrossEntropyLoss, Dense, Flatten, Sequential
 from ..layers.conv import Conv2D
 from ..layers.pool import MaxPool2D
-from .data import load_digits_split, summarize
+from .data import load_digits_split, shifted, summarize
 
 
 def build(seed=0, dtype=np.float32):
@@ -29,13 +30,13 @@ def build(seed=0, dtype=np.float32):
     )
 
 
-def train(epochs=12, batch_size=32, lr=2e-3, seed=0, progress=True, dtype=np.float32, decay=0.9) -> dict:
+def train(epochs=15, batch_size=32, lr=2e-3, seed=0, progress=True, dtype=np.float32, decay=0.85) -> dict:
     """Train the CNN with Adam; returns test_accuracy, seconds_per_epoch, history, model, seconds.
 
     The learning rate starts at ``lr`` and is multiplied by ``decay`` after every
     epoch (the last epochs then refine instead of jumping between minima).  The
-    data split is fixed (seed 0); ``seed`` changes the initialisation and the
-    batch order only.
+    data split is fixed (seed 0); ``seed`` changes the initialisation, the
+    shifts and the batch order only.
     """
     x_train, y_train, x_test, y_test = load_digits_split(seed=0, dtype=dtype)
     # one global standardisation keeps the images' spatial structure for the convolutions
@@ -46,10 +47,13 @@ def train(epochs=12, batch_size=32, lr=2e-3, seed=0, progress=True, dtype=np.flo
     loss = CrossEntropyLoss()
     optimizer = Adam(model, lr)
     history: dict = {}
+    rng = np.random.default_rng(seed)
+    y_twice = np.concatenate([y_train, y_train])
     start = time.perf_counter()
     for epoch in range(epochs):
+        x_epoch = np.concatenate([x_train, shifted(x_train, rng)])
         h = model.fit(
-            x_train, y_train, loss, optimizer, epochs=1, batch_size=batch_size,
+            x_epoch, y_twice, loss, optimizer, epochs=1, batch_size=batch_size,
             validation_data=(x_test, y_test), progress=progress, seed=seed + epoch,
         )
         for key, values in h.items():
