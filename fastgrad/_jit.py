@@ -34,8 +34,10 @@ owns the choices that are easy to get subtly wrong when they are spread out:
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
+import sys
 import tempfile
 import threading
 import types
@@ -54,6 +56,14 @@ __all__ = [
     "pick",
     "cache_dir",
     "cache_enabled",
+    "cpu_info",
+    "F1",
+    "F2",
+    "F3",
+    "F4",
+    "I1",
+    "I4",
+    "Real",
 ]
 
 #: LLVM fast-math flags allowed in kernels (never nnan / ninf).
@@ -81,6 +91,133 @@ _PARALLEL_OPTIONS = {
     "numpy": False,
     "stencil": False,
 }
+
+
+# --------------------------------------------------------------------------
+# threading layer: TBB from the pip wheel
+# --------------------------------------------------------------------------
+
+_TBB_LIBRARY = {"linux": "libtbb.so.12", "darwin": "libtbb.12.dylib"}
+
+
+def _load_tbb_wheel() -> str | None:
+    """Load the ``tbb`` wheel's libtbb when TBB is the requested layer; returns its path or None.
+
+    numba's ``tbbpool`` extension links against ``libtbb.so.12`` by name only
+    (no RPATH), and pip puts the wheel's copy in ``<prefix>/lib``, outside the
+    loader's search path.  Once the library is loaded (RTLD_GLOBAL), the loader
+    resolves tbbpool's dependency to it.  A libtbb the loader finds by itself
+    (system or conda) is left alone.
+    """
+    if str(numba.config.THREADING_LAYER).lower() not in ("tbb", "safe"):
+        return None
+    name = _TBB_LIBRARY.get(sys.platform)
+    if name is None:
+        return None
+    try:
+        ctypes.CDLL(name)
+        return None  # found on the loader's own path
+    except OSError:
+        pass
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        lib = Path(prefix) / "lib" / name
+        if lib.exists():
+            try:
+                ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                continue
+            return str(lib)
+    return None
+
+
+TBB_PRELOADED = _load_tbb_wheel()
+
+
+# --------------------------------------------------------------------------
+# the CPU numba compiles for
+# --------------------------------------------------------------------------
+
+
+def _cache_sizes() -> dict:
+    """Per-core data cache sizes in bytes {"L1d": .., "L2": .., "L3": ..} from sysfs (Linux), else {}."""
+    sizes = {}
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    for index in sorted(base.glob("index*")):
+        try:
+            kind = (index / "type").read_text().strip()
+            level = (index / "level").read_text().strip()
+            text = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        if kind == "Instruction":
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if not digits.isdigit():
+            continue
+        sizes["L1d" if level == "1" else f"L{level}"] = int(digits) * scale
+    return sizes
+
+
+def _llvm_target() -> tuple[str, set]:
+    """(cpu name, set of enabled feature names) as numba's code generator sees them."""
+    import llvmlite.binding as llvm
+
+    name = numba.config.CPU_NAME or llvm.get_host_cpu_name()
+    if numba.config.CPU_FEATURES is not None:
+        spec = numba.config.CPU_FEATURES
+    else:
+        spec = llvm.get_host_cpu_features().flatten()
+    features = {f[1:] for f in spec.split(",") if f.startswith("+")}
+    return name, features
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def cpu_info() -> dict:
+    """The CPU kernels are compiled for: model, LLVM name, ISA, vector width and cache sizes.
+
+    ``vector_bits`` is 512 with AVX-512F, 256 with AVX, else 128 (SSE2/NEON);
+    ``lanes`` maps each dtype name to the values one vector register holds.
+    Caches default to 32 KiB / 512 KiB / 8 MiB where the OS does not tell.
+    """
+    global _CPU_INFO
+    if _CPU_INFO is None:
+        name, features = _llvm_target()
+        if "avx512f" in features:
+            isa, bits = "avx512f", 512
+        elif "avx2" in features:
+            isa, bits = "avx2", 256
+        elif "avx" in features:
+            isa, bits = "avx", 256
+        else:
+            isa, bits = "sse2" if "sse2" in features else "baseline", 128
+        caches = {"L1d": 32 << 10, "L2": 512 << 10, "L3": 8 << 20}
+        caches.update(_cache_sizes())
+        _CPU_INFO = {
+            "model": _cpu_model(),
+            "llvm_cpu": name,
+            "isa": isa,
+            "fma": "fma" in features,
+            "vector_bits": bits,
+            "lanes": {"float32": bits // 32, "float64": bits // 64},
+            "caches": caches,
+        }
+    return _CPU_INFO
+
+
+_CPU_INFO = None
 
 
 def _source_hash() -> str:
@@ -209,6 +346,74 @@ def _renamed_copy(py_func, suffix: str):
     return twin
 
 
+# --------------------------------------------------------------------------
+# parameter annotations: the exact signature of every kernel, for warm-up
+# --------------------------------------------------------------------------
+
+
+class ArrayKind:
+    """Annotation of a kernel parameter: a C-contiguous ``ndim``-D array of the
+    kernel's float dtype (``F1`` ... ``F4``) or of int64 (``I1``, ``I4``)."""
+
+    __slots__ = ("ndim", "integer")
+
+    def __init__(self, ndim: int, integer: bool = False):
+        self.ndim = ndim
+        self.integer = integer
+
+    def example(self, dtype):
+        return np.empty((0,) * self.ndim, np.int64 if self.integer else dtype)
+
+    def __repr__(self):
+        return f"{'I' if self.integer else 'F'}{self.ndim}"
+
+
+class ScalarKind:
+    """Annotation of a scalar parameter of the kernel's float dtype (``Real``)."""
+
+    def example(self, dtype):
+        return np.dtype(dtype).type(0)
+
+    def __repr__(self):
+        return "Real"
+
+
+F1, F2, F3, F4 = (ArrayKind(d) for d in (1, 2, 3, 4))
+I1 = ArrayKind(1, integer=True)
+I4 = ArrayKind(4, integer=True)
+Real = ScalarKind()
+
+
+def example_value(annotation, dtype):
+    """A value whose numba type is the one a call passes for ``annotation`` and ``dtype``.
+
+    ``int`` and ``bool`` are Python scalars (int64, boolean); a NamedTuple class
+    is built field by field from its own annotations.
+    """
+    if isinstance(annotation, (ArrayKind, ScalarKind)):
+        return annotation.example(dtype)
+    if annotation is int:
+        return 0
+    if annotation is bool:
+        return False
+    if isinstance(annotation, type) and issubclass(annotation, tuple) and hasattr(annotation, "_fields"):
+        hints = annotation.__annotations__
+        return annotation(*(example_value(hints[f], dtype) for f in annotation._fields))
+    raise TypeError(f"not a kernel parameter annotation: {annotation!r}")
+
+
+def _annotations(py_func) -> list:
+    """The annotation of every parameter, in order; raises if one is missing."""
+    import inspect
+
+    out = []
+    for name, param in inspect.signature(py_func).parameters.items():
+        if param.annotation is inspect.Parameter.empty:
+            raise TypeError(f"kernel {py_func.__qualname__}: parameter {name!r} needs an annotation (F1..F4, I1, I4, Real, int, ...)")
+        out.append(param.annotation)
+    return out
+
+
 class Kernel:
     """A kernel compiled twice from one Python function.
 
@@ -225,8 +430,24 @@ class Kernel:
         self.__name__ = py_func.__name__
         self.__doc__ = py_func.__doc__
         self.__wrapped__ = py_func
+        self.annotations = _annotations(py_func)
         self.parallel = _njit(py_func, parallel=_PARALLEL_OPTIONS, fastmath=flags)
         self.serial = _njit(_renamed_copy(py_func, "__serial"), parallel=False, fastmath=flags)
+
+    @property
+    def name(self) -> str:
+        """``module.function`` with the module relative to fastgrad.kernels (``dense.dense_forward``)."""
+        return f"{self.py_func.__module__.rsplit('.', 1)[-1]}.{self.__name__}"
+
+    def signature(self, dtype) -> tuple:
+        """The numba argument types of a call with float arrays of ``dtype``."""
+        return tuple(numba.typeof(example_value(a, np.dtype(dtype))) for a in self.annotations)
+
+    def compile(self, dtype, twin: str) -> None:
+        """Compile (or load from the cache) one twin, "serial" or "parallel", for ``dtype``."""
+        dispatcher = self.serial if twin == "serial" else self.parallel
+        if hasattr(dispatcher, "compile"):  # not under NUMBA_DISABLE_JIT=1
+            dispatcher.compile(self.signature(dtype))
 
     def __call__(self, *args):
         return pick(self, PARALLEL_MIN_WORK)(*args)

@@ -112,11 +112,30 @@ def _train(name, epochs, progress):
     return result
 
 
+_BENCH_NEEDS_SOURCE = (
+    "fastgrad bench: the benchmark suite is not installed with the package; in a clone of the fastgrad "
+    "source tree run: pip install -e '.[bench]' && python -m benchmarks"
+)
+
+
 def _bench(args) -> int:
+    """Run the source tree's benchmark runner, or exit 2 with one line saying how."""
+    import importlib.util
+    from pathlib import Path
+
+    try:
+        spec = importlib.util.find_spec("benchmarks")
+    except (ImportError, ValueError):
+        spec = None
+    origin = Path(spec.origin).resolve() if spec is not None and spec.origin else None
+    # only fastgrad's own runner: a source tree where benchmarks/ sits beside fastgrad/
+    if origin is None or not (origin.parent / "cases.py").exists() or not (origin.parent.parent / "fastgrad").is_dir():
+        print(_BENCH_NEEDS_SOURCE, file=sys.stderr)
+        return 2
     try:
         from benchmarks.__main__ import main as bench_main
-    except ImportError:
-        print("the benchmarks live in the source tree: run from a clone (python -m benchmarks)", file=sys.stderr)
+    except ImportError as exc:
+        print(f"fastgrad bench: {exc}; install the benchmark extras with pip install -e '.[bench]'", file=sys.stderr)
         return 2
     return bench_main(args)
 

@@ -41,23 +41,133 @@ def _threading_layer() -> str:
         return f"not chosen yet (NUMBA_THREADING_LAYER={numba.config.THREADING_LAYER})"
 
 
-def config_text() -> str:
-    import llvmlite.binding as llvm
+#: numba's threading layers and the extension module each one loads
+LAYERS = ("omp", "tbb", "workqueue")
 
-    from . import __version__
+_LAYER_PROBE = """
+import importlib, sys
+layer = sys.argv[1]
+try:
+    import numba
+    import fastgrad._jit  # loads the tbb wheel's libtbb when TBB is the requested layer
+    from numba.np.ufunc import parallel
+    if layer == "tbb":
+        parallel._check_tbb_version_compatible()
+    importlib.import_module("numba.np.ufunc." + {"omp": "omppool", "tbb": "tbbpool", "workqueue": "workqueue"}[layer])
+    parallel._launch_threads()
+    print("ok", numba.threading_layer())
+except Exception as exc:
+    print("error", (str(exc).strip().splitlines() or [type(exc).__name__])[0])
+"""
+
+
+def _tbb_installed() -> bool:
+    from importlib.metadata import PackageNotFoundError, version
 
     try:
-        cpu = llvm.get_host_cpu_name()
-    except Exception:  # pragma: no cover - depends on the llvmlite build
-        cpu = "unknown"
+        version("tbb")
+        return True
+    except PackageNotFoundError:
+        import ctypes
+
+        try:
+            ctypes.CDLL(_jit._TBB_LIBRARY.get(sys.platform, "libtbb.so.12"))
+            return True  # a system or conda libtbb
+        except OSError:
+            return False
+
+
+_LAYER_STATUS: dict | None = None
+
+
+def threading_layers() -> dict:
+    """{layer: None if it loads on this machine, else why not (one line)} for omp, tbb, workqueue.
+
+    Each layer is tried in a fresh interpreter the documented way
+    (``NUMBA_THREADING_LAYER=<layer>``, fastgrad imported first), so the answer
+    does not depend on (or change) the layer this process has chosen.
+    """
+    global _LAYER_STATUS
+    if _LAYER_STATUS is not None:
+        return dict(_LAYER_STATUS)
+    here = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    status = {}
+    procs = {}
+    for layer in LAYERS:
+        if layer == "tbb" and not _tbb_installed():
+            status[layer] = "package not installed (pip install tbb)"
+            continue
+        env = dict(os.environ, NUMBA_THREADING_LAYER=layer, PYTHONPATH=path, FASTGRAD_DISABLE_CACHE="1", PYTHONWARNINGS="ignore")
+        procs[layer] = subprocess.Popen(
+            [sys.executable, "-c", _LAYER_PROBE, layer], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    for layer, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            status[layer] = "the probe did not finish in 120 s"
+            continue
+        words = out.strip().split(None, 1)
+        if words[:1] == ["ok"]:
+            status[layer] = None
+        elif words[:1] == ["error"]:
+            status[layer] = words[1] if len(words) > 1 else "unknown error"
+        else:
+            lines = err.strip().splitlines() or [f"exit code {proc.returncode}"]
+            status[layer] = lines[-1]
+    _LAYER_STATUS = {layer: status[layer] for layer in LAYERS}
+    return dict(_LAYER_STATUS)
+
+
+def _layers_text() -> str:
+    parts = []
+    for layer, reason in threading_layers().items():
+        if reason is None:
+            note = " (libtbb of the pip wheel, loaded by fastgrad)" if layer == "tbb" and _jit.TBB_PRELOADED else ""
+            parts.append(f"{layer} loads{note}")
+        else:
+            parts.append(f"{layer} does not load: {reason}")
+    return "; ".join(parts)
+
+
+def environment_lines() -> list:
+    """One line each: CPU, the ISA numba compiles for, versions, loadable threading layers."""
+    import llvmlite
+
+    info = _jit.cpu_info()
+    lanes = info["lanes"]
+    caches = ", ".join(f"{k} {v // 1024} KiB" for k, v in info["caches"].items())
+    return [
+        f"cpu: {info['model']} (LLVM target {info['llvm_cpu']}, {os.cpu_count()} logical cores; {caches})",
+        f"vector isa: {info['isa']}{' + fma' if info['fma'] else ''}, {info['vector_bits']}-bit vectors "
+        f"({lanes['float32']} float32 / {lanes['float64']} float64 lanes)",
+        f"versions: numba {numba.__version__}, llvmlite {llvmlite.__version__}, numpy {np.__version__}, "
+        f"python {platform.python_version()}",
+        f"threading layers: {_layers_text()}",
+    ]
+
+
+def config_text() -> str:
+    from . import __version__
+
+    info = _jit.cpu_info()
+    lanes = info["lanes"]
     rows = [
         ("fastgrad", __version__),
         ("python", platform.python_version()),
         ("numpy", np.__version__),
         ("numba", numba.__version__),
-        ("cpu", f"{cpu} ({platform.machine()})"),
+        ("cpu", f"{info['model']} (LLVM target {info['llvm_cpu']}, {platform.machine()})"),
+        ("vector isa", f"{info['isa']}{' + fma' if info['fma'] else ''}, {info['vector_bits']}-bit "
+                       f"({lanes['float32']} float32 / {lanes['float64']} float64 lanes)"),
+        ("caches", ", ".join(f"{k} {v // 1024} KiB" for k, v in info["caches"].items())),
         ("threads", f"{get_num_threads()} of {numba.config.NUMBA_NUM_THREADS}"),
         ("threading layer", _threading_layer()),
+    ]
+    rows += [(f"  {layer}", "loads" if reason is None else f"does not load: {reason}") for layer, reason in threading_layers().items()]
+    rows += [
         ("kernel cache", str(_jit.cache_dir()) if _jit.cache_enabled() else "disabled"),
         ("fastmath flags", ", ".join(sorted(_jit.FASTMATH))),
         ("serial below", f"{_jit.PARALLEL_MIN_WORK} multiply-adds"),
@@ -67,41 +177,31 @@ def config_text() -> str:
 
 
 def show_config() -> str:
-    """Print (and return) versions, threads, threading layer, cache directory."""
+    """Print (and return) versions, CPU and vector ISA, threads and threading layers, cache directory."""
     text = config_text()
     print(text)
     return text
 
 
-#: (name, function(dtype)) pairs run by warmup(); each family module registers its own
-WARMUPS: list = []
-
-
-def register_warmup(name):
-    def wrap(func):
-        WARMUPS.append((name, func))
-        return func
-
-    return wrap
-
-
-#: Relative compile cost of each warm-up entry (parallel + serial twins), measured
-#: cold on the 2-core box, float32: the biggest go first so the workers finish together.
-_WARM_COST = {"lstm": 25, "conv": 17, "dense": 11, "softmax": 10, "pool": 7, "activation": 1}
+def _kernel(name: str) -> _jit.Kernel:
+    for k in _jit.KERNELS:
+        if k.name == name:
+            return k
+    raise ValueError(f"warmup: no kernel named {name!r}")
 
 
 def _run_warm(name: str, dt, twin: str) -> float:
-    """Run one warm-up entry for one twin ("serial" or "parallel"); returns seconds."""
-    func = dict(WARMUPS)[name]
-    saved = _jit.PARALLEL_MIN_WORK
+    """Compile (or load) one kernel twin ("serial" or "parallel") for one dtype; returns seconds."""
     start = time.perf_counter()
-    try:
-        # 0: even the tiny warm-up calls take the parallel twin
-        _jit.PARALLEL_MIN_WORK = 0 if twin == "parallel" else saved
-        func(np.dtype(dt))
-    finally:
-        _jit.PARALLEL_MIN_WORK = saved
+    _kernel(name).compile(np.dtype(dt), twin)
     return time.perf_counter() - start
+
+
+def _compile_cost(k: _jit.Kernel) -> int:
+    """Lines of source of a kernel: the order in which the workers take kernels (largest first)."""
+    import inspect
+
+    return len(inspect.getsource(k.py_func).splitlines())
 
 
 def _default_jobs() -> int:
@@ -178,104 +278,48 @@ def _compile_in_workers(tasks: list, jobs: int, verbose: bool) -> dict:
         _run_warm(*task)  # load it here while the workers go on compiling
         if verbose:
             key = " ".join(task)
-            print(f"  {key:<30}{done[key]:7.2f} s  (compiled in a worker process)", flush=True)
+            print(f"  {key:<44}{done[key]:7.2f} s  (compiled in a worker process)", flush=True)
     return done
 
 
-def warmup(dtypes=("float32", "float64"), verbose=False, jobs=None) -> dict:
+def warmup(dtypes=("float32", "float64"), verbose=False, jobs=None, kernels=None) -> dict:
     """Compile (or load from cache) every kernel, serial and parallel twin, for ``dtypes``.
 
-    With a writable kernel cache and ``jobs`` > 1 (default: the number of cores,
-    at most 4), the compiling is spread over ``jobs`` worker processes that fill
-    the shared cache, and this process then loads every kernel from it.
-    ``jobs=1`` compiles everything in this process.  Returns {"name dtype twin":
-    seconds} (compile time in the worker, or time in this process when it did
-    the work itself).  Later calls then run at full speed at once.
+    The list is the kernel registry itself (every ``@kernel`` in
+    ``fastgrad.kernels``), each compiled for the exact argument types a call
+    passes (the kernels' parameter annotations), so no later call compiles.
+    ``kernels``: only these (names such as ``"dense"`` for a module or
+    ``"dense.dense_forward"`` for one kernel).  With a writable kernel cache and
+    ``jobs`` > 1 (default: the number of cores, at most 4), the compiling is
+    spread over ``jobs`` worker processes that fill the shared cache, and this
+    process then loads every kernel from it; ``jobs=1`` compiles everything
+    here.  Returns {"kernel dtype twin": seconds} (compile time in the worker,
+    or time in this process when it did the work itself).
     """
     if isinstance(dtypes, (str, type, np.dtype)):
         dtypes = (dtypes,)
     dts = [float_dtype(d, "dtypes", "warmup") for d in dtypes]
     jobs = _default_jobs() if jobs is None else positive_int(jobs, "jobs", "warmup")
+    chosen = list(_jit.KERNELS)
+    if kernels is not None:
+        wanted = [kernels] if isinstance(kernels, str) else list(kernels)
+        chosen = [k for k in chosen if k.name in wanted or k.name.split(".")[0] in wanted]
+        if not chosen:
+            raise ValueError(f"warmup: kernels={kernels!r} names no kernel; names look like 'dense' or 'dense.dense_forward'")
     # Serial twins first: they compile (and cache on disk) the shared helpers, which the
     # parallel twins, compiled next in whichever worker is free, then load instead of
-    # compiling again.  Biggest families first within each half.
-    tasks = [
-        (name, dt.name, twin)
-        for twin in ("serial", "parallel")
-        for name, _ in sorted(WARMUPS, key=lambda w: -_WARM_COST.get(w[0], 5))
-        for dt in dts
-    ]
+    # compiling again.  Largest kernels first within each half, so the workers finish together.
+    chosen.sort(key=lambda k: -_compile_cost(k))
+    tasks = [(k.name, dt.name, twin) for twin in ("serial", "parallel") for k in chosen for dt in dts]
     times = {}
     if jobs > 1 and _jit.cache_enabled():
         if verbose:
-            print(f"compiling {len(tasks)} kernel groups in {jobs} worker processes into {_jit.cache_dir()}", flush=True)
+            print(f"compiling {len(tasks)} kernels in {jobs} worker processes into {_jit.cache_dir()}", flush=True)
         times.update(_compile_in_workers(tasks, jobs, verbose))
     for task in tasks:  # what no worker finished is compiled (or loaded) here
         key = " ".join(task)
         if key not in times:
             times[key] = _run_warm(*task)
             if verbose:
-                print(f"  {key:<30}{times[key]:7.2f} s", flush=True)
+                print(f"  {key:<44}{times[key]:7.2f} s", flush=True)
     return times
-
-
-def _tiny(shape, dt, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape).astype(dt)
-
-
-@register_warmup("dense")
-def _warm_dense(dt):
-    from . import functional as F
-
-    y, cache = F.dense_forward(_tiny((2, 3), dt), _tiny((4, 3), dt), _tiny((4,), dt), "tanh")
-    F.dense_backward(np.ones_like(y), cache)
-
-
-@register_warmup("activation")
-def _warm_activation(dt):
-    from . import functional as F
-
-    y, cache = F.activation_forward(_tiny((5,), dt), "relu")
-    F.activation_backward(np.ones_like(y), cache)
-
-
-@register_warmup("softmax")
-def _warm_softmax(dt):
-    from . import functional as F
-
-    x = _tiny((2, 3), dt)
-    y = F.softmax(x)
-    F.softmax_backward(np.ones_like(y), y)
-    out = F.log_softmax(x)
-    F.log_softmax_backward(np.ones_like(out), out)
-    F.cross_entropy(x, np.array([0, 2]))
-    F.cross_entropy(x, F.softmax(_tiny((2, 3), dt, 1)))
-
-
-@register_warmup("conv")
-def _warm_conv(dt):
-    from . import functional as F
-
-    for x, K in ((_tiny((1, 2, 5), dt), _tiny((2, 2, 3), dt)), (_tiny((1, 2, 5, 5), dt), _tiny((2, 2, 3, 3), dt))):
-        y, cache = F.conv_forward(x, K, _tiny((2,), dt), padding=1, activation="relu")
-        F.conv_backward(np.ones_like(y), cache)
-
-
-@register_warmup("pool")
-def _warm_pool(dt):
-    from . import functional as F
-
-    for x in (_tiny((1, 2, 4), dt), _tiny((1, 2, 4, 4), dt)):
-        for fwd, bwd in ((F.max_pool_forward, F.max_pool_backward), (F.avg_pool_forward, F.avg_pool_backward)):
-            y, cache = fwd(x, 2)
-            bwd(np.ones_like(y), cache)
-
-
-@register_warmup("lstm")
-def _warm_lstm(dt):
-    from . import functional as F
-
-    hidden, features = 3, 2
-    x = _tiny((2, 2, features), dt)
-    (y, _), cache = F.lstm_forward(x, _tiny((4, hidden, hidden + features), dt), _tiny((4, hidden), dt))
-    F.lstm_backward(np.ones_like(y), cache)

@@ -24,6 +24,13 @@ def threads():
     numba.set_num_threads(saved)
 
 
+def pytest_report_header(config):
+    """Before the tests, so a red run on another machine explains itself: CPU, vector ISA, versions, threading layers."""
+    from fastgrad.config import environment_lines
+
+    return environment_lines()
+
+
 def pytest_sessionstart(session):
     """On a cold kernel cache, compile every kernel in worker processes first.
 
@@ -34,6 +41,6 @@ def pytest_sessionstart(session):
     from fastgrad import _jit
 
     cache = _jit.cache_dir()
-    if cache is not None and sum(1 for _ in cache.glob("*.nbi")) < 2 * len(_jit.KERNELS):
+    if cache is not None and sum(1 for _ in cache.rglob("*.nbi")) < 2 * len(_jit.KERNELS):
         print(f"\nconftest: cold kernel cache, compiling every kernel in worker processes into {cache}", flush=True)
         fastgrad.warmup()

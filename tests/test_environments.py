@@ -78,15 +78,21 @@ CHILD = textwrap.dedent(
 
 
 def _layers():
-    layers = ["omp", "workqueue"]
-    from importlib.metadata import PackageNotFoundError, version
+    """Every numba threading layer; TBB is skipped (with the reason shown) only when its package is missing.
 
-    try:  # numba's TBB layer loads libtbb from the `tbb` wheel (pip install tbb)
-        version("tbb")
-        layers.append("tbb")
-    except PackageNotFoundError:
-        pass
-    return layers
+    The cells run the documented way: NUMBA_THREADING_LAYER=<layer> and nothing else
+    (fastgrad loads the tbb wheel's libtbb itself).  A layer that is installed but
+    cannot load fails its cells with the reason fastgrad.config.threading_layers() found.
+    """
+    from fastgrad.config import LAYERS, _tbb_installed
+
+    params = []
+    for layer in LAYERS:
+        if layer == "tbb" and not _tbb_installed():
+            params.append(pytest.param(layer, marks=pytest.mark.skip(reason="tbb package not installed (pip install tbb)")))
+        else:
+            params.append(layer)
+    return params
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +113,10 @@ def _run(args, env_extra=None, cwd=None, timeout=300):
 @pytest.mark.parametrize("mode", ["main", "threads", "fork", "spawn"])
 @pytest.mark.parametrize("layer", _layers())
 def test_threading_matrix_no_crash_same_results(layer, mode, probe_dir):
+    from fastgrad.config import threading_layers
+
+    reason = threading_layers()[layer]
+    assert reason is None, f"threading layer {layer} is installed but does not load: {reason}"
     proc = _run([sys.executable, str(probe_dir / "probe.py"), mode], {"NUMBA_THREADING_LAYER": layer, "NUMBA_NUM_THREADS": "2"})
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert f"{mode} {layer} OK" in proc.stdout
@@ -177,13 +187,11 @@ WARM = textwrap.dedent(
     import sys
     import numpy as np
     import fastgrad as fg
-    import fastgrad.config as cfg
     import fastgrad.functional as F
 
-    cfg.WARMUPS[:] = [w for w in cfg.WARMUPS if w[0] == "activation"]  # the cheapest family
     if sys.argv[1] == "broken":
         sys.executable = "/bin/false"  # every worker dies at once
-    times = fg.warmup("float64", verbose=True, jobs=2)
+    times = fg.warmup("float64", verbose=True, jobs=2, kernels=["activations"])  # the cheapest module
     print(sorted(times))
     y, _ = F.activation_forward(np.array([-1.0, 2.0]), "relu")
     print("relu", y.tolist())
@@ -197,9 +205,45 @@ def test_warmup_compiles_in_worker_processes_into_the_shared_cache(tmp_path, wor
     script.write_text(WARM)
     cache = tmp_path / "cache"
     out = _run([sys.executable, str(script), workers], {"FASTGRAD_CACHE_DIR": str(cache)}, cwd=tmp_path).stdout
-    assert "['activation float64 parallel', 'activation float64 serial']" in out
+    expected = sorted(f"activations.{k} float64 {twin}" for k in ("activation_forward", "activation_backward")
+                      for twin in ("serial", "parallel"))
+    assert str(expected) in out, out
     assert "relu [0.0, 2.0]" in out
     in_worker = out.count("(compiled in a worker process)")
-    # a healthy pool compiles both twins in the workers; a dead one leaves the work to the caller
-    assert in_worker == (2 if workers == "ok" else 0), out
+    # a healthy pool compiles every twin in the workers; a dead one leaves the work to the caller
+    assert in_worker == (4 if workers == "ok" else 0), out
     assert list(cache.rglob("*activation_forward*.nbi")), "nothing was cached"
+
+
+@pytest.mark.parametrize("foreign", [False, True])
+def test_bench_outside_a_source_tree_exits_2_with_one_line(tmp_path, foreign):
+    """As from a wheel: no fastgrad benchmarks on sys.path (or some other package called benchmarks)."""
+    env = {"PYTHONPATH": ""}
+    if foreign:
+        (tmp_path / "benchmarks").mkdir()
+        (tmp_path / "benchmarks" / "__init__.py").write_text("")
+        env["PYTHONPATH"] = str(tmp_path)
+    pkg = tmp_path / "site"
+    import shutil
+
+    shutil.copytree(ROOT / "fastgrad", pkg / "fastgrad", ignore=shutil.ignore_patterns("__pycache__"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pkg), env["PYTHONPATH"]) if p)
+    proc = subprocess.run([sys.executable, "-m", "fastgrad", "bench", "--quick"], cwd=tmp_path, capture_output=True, text=True,
+                          env=dict(os.environ, **env), timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "source tree" in lines[0] and "python -m benchmarks" in lines[0], proc.stderr
+
+
+def test_show_config_reports_isa_caches_and_every_threading_layer():
+    from fastgrad import _jit
+    from fastgrad.config import LAYERS, config_text, environment_lines
+
+    text = config_text()
+    info = _jit.cpu_info()
+    assert info["isa"] in text and f"{info['vector_bits']}-bit" in text
+    for layer in LAYERS:
+        assert f"  {layer}" in text
+    lines = environment_lines()
+    assert len(lines) == 4 and lines[0].startswith("cpu: ") and lines[-1].startswith("threading layers: ")
+    assert all(layer in lines[-1] for layer in LAYERS)

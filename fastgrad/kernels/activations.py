@@ -34,7 +34,7 @@ import math
 
 from numba import prange
 
-from .._jit import helper, kernel
+from .._jit import F1, helper, kernel
 
 ACTIVATIONS = (
     "identity",
@@ -141,14 +141,14 @@ def dact(z, code):
 
 
 @kernel
-def activation_forward(y, z, code):
+def activation_forward(y: F1, z: F1, code: int):
     """y_k = sigma(z_k) element-wise over flat arrays; y and z have shape (size,)."""
     for k in prange(z.shape[0]):
         y[k] = act(z[k], code)
 
 
 @kernel
-def activation_backward(dz, dy, z, code):
+def activation_backward(dz: F1, dy: F1, z: F1, code: int):
     """dL/dz_k += dL/dy_k * sigma'(z_k) element-wise over flat arrays of shape (size,)."""
     for k in prange(z.shape[0]):
         dz[k] += dy[k] * dact(z[k], code)

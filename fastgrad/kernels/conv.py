@@ -45,7 +45,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import prange
 
-from .._jit import helper, kernel
+from .._jit import F1, F3, F4, helper, kernel
 from .activations import act, dact
 
 
@@ -174,7 +174,7 @@ def _data_tap(dx, dz, K, n, c, ih, m0, nm, oh, cl, i, j, lo, hi, off, s):
 
 
 @kernel
-def conv_forward(y, z, x, K, B, dims, code):
+def conv_forward(y: F4, z: F4, x: F4, K: F4, B: F3, dims: ConvDims, code: int):
     """Z_k = B_k + sum_j X_j (star) K_kj,  Y_k = sigma(Z_k)  (cheat sheet), with
     stride, zero padding, dilation and groups::
 
@@ -228,7 +228,7 @@ def conv_forward(y, z, x, K, B, dims, code):
 
 
 @kernel
-def conv_dz(dz, dy, z, code):
+def conv_dz(dz: F1, dy: F1, z: F1, code: int):
     """dL/dZ_k = dL/dY_k (.) sigma'(Z_k) element-wise (cheat sheet), overwriting dz.
 
     Shapes: dz, dy, z flat (size,).  Run once so the two gradient kernels read
@@ -239,7 +239,7 @@ def conv_dz(dz, dy, z, code):
 
 
 @kernel
-def conv_backward_kernel(dK, dB, dz, x, dims):
+def conv_backward_kernel(dK: F4, dB: F3, dz: F4, x: F4, dims: ConvDims):
     """dL/dK_kj = X_j (star) dL/dZ_k and dL/dB_k = dL/dZ_k (cheat sheet), accumulated.
 
     With stride and dilation the cross-correlation of the input with dL/dZ
@@ -291,7 +291,7 @@ def conv_backward_kernel(dK, dB, dz, x, dims):
 
 
 @kernel
-def conv_backward_data(dx, dz, K, dims):
+def conv_backward_data(dx: F4, dz: F4, K: F4, dims: ConvDims):
     """dL/dX_j = sum_k dL/dZ_k (*) K_kj (cheat sheet), accumulated into dx.
 
     The full convolution of the stride-dilated upstream gradient with the
@@ -477,7 +477,7 @@ def _dot1x1(d, n, m, f, x, ci, u0, cnt):
 
 
 @kernel
-def conv_forward_s1(y, z, xp, K, B, dims, code, zw):
+def conv_forward_s1(y: F4, z: F4, xp: F3, K: F4, B: F3, dims: ConvDims, code: int, zw: F3):
     """The forward of :func:`conv_forward` for stride 1, over wide positions p = oh Wp + ow::
 
         zw[n, k, p] = sum_{c, i, j} K[k, c, i, j] * xp[n, g Cg + c, p + i dh Wp + j dw]
@@ -559,7 +559,7 @@ def conv_forward_s1(y, z, xp, K, B, dims, code, zw):
 
 
 @kernel
-def conv_backward_kernel_s1(dK, dB, dz, dzw, xp, dims):
+def conv_backward_kernel_s1(dK: F4, dB: F3, dz: F4, dzw: F3, xp: F3, dims: ConvDims):
     """dL/dK_kj = X_j (star) dL/dZ_k, dL/dB_k = dL/dZ_k for stride 1, accumulated, over wide positions::
 
         dK[k, c, i, j] += sum_{n, p} dzw[n, k, front + p] * xp[n, g Cg + c, p + i dh Wp + j dw]
@@ -628,7 +628,7 @@ def conv_backward_kernel_s1(dK, dB, dz, dzw, xp, dims):
 
 
 @kernel
-def conv_backward_data_s1(dx, dzw, K, dims, dxw):
+def conv_backward_data_s1(dx: F4, dzw: F3, K: F4, dims: ConvDims, dxw: F3):
     """dL/dX_j = sum_k dL/dZ_k (*) K_kj for stride 1, accumulated into dx, over wide positions::
 
         dxw[n, c, q] = sum_{k, i, j} K[k, c, i, j] * dzw[n, k, front + q - i dh Wp - j dw]

@@ -54,7 +54,7 @@ import math
 
 from numba import prange
 
-from .._jit import helper, kernel
+from .._jit import F2, F3, F4, I1, helper, kernel
 from .activations import act, dact
 from .dense import _rows, _tiling, _transpose
 from .softmax import _exp
@@ -219,7 +219,8 @@ def padded_step(y, hx, a, c, sh, t, n):
 
 
 @kernel(dynamic=True)  # the projection chunks and the WT chunks of one launch differ in cost
-def lstm_forward(y, hT, cT, hx, z, a, c, sh, WT, x, W, Wx, b, h0, c0, lengths, codes):
+def lstm_forward(y: F3, hT: F2, cT: F2, hx: F3, z: F4, a: F4, c: F3, sh: F3, WT: F2, x: F3, W: F3, Wx: F2, b: F2,
+                 h0: F2, c0: F2, lengths: I1, codes: I1):
     """Forward pass over all T steps, saving what lstm_backward needs.
 
     Outputs (overwritten):
@@ -308,7 +309,8 @@ def lstm_forward(y, hT, cT, hx, z, a, c, sh, WT, x, W, Wx, b, h0, c0, lengths, c
 
 
 @kernel(dynamic=True)  # the dx blocks and the transposes in one launch differ in cost
-def lstm_backward(dx, dW, db, dh0, dc0, dz, dzT, hxT, dy, dhT, dcT, hx, z, a, c, sh, WT, lengths, rows, codes):
+def lstm_backward(dx: F3, dW: F3, db: F2, dh0: F2, dc0: F2, dz: F4, dzT: F2, hxT: F2, dy: F3, dhT: F2, dcT: F2,
+                  hx: F3, z: F4, a: F4, c: F3, sh: F3, WT: F2, lengths: I1, rows: I1, codes: I1):
     """BPTT: dx, dh0, dc0 and the scratch overwritten; dW, db accumulated (``+=``).
 
     Outputs: dx (T, N, I); dW (4, H, H+I); db (4, H); dh0, dc0 (N, H) (they

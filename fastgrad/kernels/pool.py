@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from numba import prange
 
-from .._jit import kernel
+from .._jit import F4, I4, kernel
 
 
 class PoolDims(NamedTuple):
@@ -35,7 +35,7 @@ class PoolDims(NamedTuple):
 
 
 @kernel
-def max_pool_forward(y, arg, x, dims):
+def max_pool_forward(y: F4, arg: I4, x: F4, dims: PoolDims):
     """y[n, c, oh, ow] = max_{i, j} x[n, c, oh sh - ph + i, ow sw - pw + j] (padding = -inf);
     arg[n, c, oh, ow] = ih * W + iw of the first maximum.
 
@@ -69,7 +69,7 @@ def max_pool_forward(y, arg, x, dims):
 
 
 @kernel
-def max_pool_backward(dx, dy, arg):
+def max_pool_backward(dx: F4, dy: F4, arg: I4):
     """dx[n, c, arg // W, arg % W] += dy[n, c, oh, ow]: the gradient goes to the saved maximum.
 
     Shapes: dx (N, C, H, W) accumulated; dy, arg (N, C, Ho, Wo).
@@ -87,7 +87,7 @@ def max_pool_backward(dx, dy, arg):
 
 
 @kernel
-def avg_pool_forward(y, x, dims):
+def avg_pool_forward(y: F4, x: F4, dims: PoolDims):
     """y[n, c, oh, ow] = (1 / (kh kw)) sum_{i, j} x[n, c, oh sh - ph + i, ow sw - pw + j]
     (padding reads as 0 and counts in the divisor).
 
@@ -115,7 +115,7 @@ def avg_pool_forward(y, x, dims):
 
 
 @kernel
-def avg_pool_backward(dx, dy, dims):
+def avg_pool_backward(dx: F4, dy: F4, dims: PoolDims):
     """dx[n, c, oh sh - ph + i, ow sw - pw + j] += dy[n, c, oh, ow] / (kh kw) for every window tap inside x.
 
     Shapes: dx (N, C, H, W) accumulated; dy (N, C, Ho, Wo).

@@ -21,7 +21,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import intrinsic, overload
 
-from .._jit import helper, kernel
+from .._jit import F1, F2, I1, Real, helper, kernel
 
 # --------------------------------------------------------------------------
 # exp that LLVM can vectorise
@@ -233,7 +233,7 @@ def _row_logsumexp(x, r, scratch):
 
 
 @kernel(fastmath=False)
-def softmax_forward(y, x):
+def softmax_forward(y: F2, x: F2):
     """y[r, k] = e^{x[r, k] + c} / sum_j e^{x[r, j] + c} with c = -max_j x[r, j].
 
     Shapes: y, x (R, n).  With c the largest exponent is e^0 = 1, so nothing
@@ -248,7 +248,7 @@ def softmax_forward(y, x):
 
 
 @kernel(fastmath=False)
-def softmax_backward(dx, dy, y):
+def softmax_backward(dx: F2, dy: F2, y: F2):
     """dx[r, j] = y[r, j] * (dy[r, j] - sum_k dy[r, k] * y[r, k]).
 
     The cheat sheet's dL/dx_j = sum_k dL/dy_k y_k (delta_kj - y_j) with the
@@ -262,7 +262,7 @@ def softmax_backward(dx, dy, y):
 
 
 @kernel(fastmath=False)
-def log_softmax_forward(out, x):
+def log_softmax_forward(out: F2, x: F2):
     """out[r, k] = x[r, k] - log sum_j e^{x[r, j]}  (stable log-sum-exp).  Shapes (R, n)."""
     R, n = x.shape
     for r in prange(R):
@@ -272,7 +272,7 @@ def log_softmax_forward(out, x):
 
 
 @kernel(fastmath=False)
-def log_softmax_backward(dx, dy, out):
+def log_softmax_backward(dx: F2, dy: F2, out: F2):
     """dx[r, j] = dy[r, j] - softmax_j * sum_k dy[r, k], with softmax_j = e^{out[r, j]}.
 
     d(x_k - lse)/dx_j = delta_kj - y_j.  Shapes: dx, dy, out (R, n).
@@ -285,7 +285,7 @@ def log_softmax_backward(dx, dy, out):
 
 
 @kernel(fastmath=False)
-def cross_entropy_labels(losses, dlogits, x, labels, scale):
+def cross_entropy_labels(losses: F1, dlogits: F2, x: F2, labels: I1, scale: Real):
     """Cross-entropy of logits x against integer labels, fused with log-softmax.
 
     loss_r = -log y[r, t_r] = lse_r - x[r, t_r]
@@ -304,7 +304,7 @@ def cross_entropy_labels(losses, dlogits, x, labels, scale):
 
 
 @kernel(fastmath=False)
-def cross_entropy_probs(losses, dlogits, x, p, scale):
+def cross_entropy_probs(losses: F1, dlogits: F2, x: F2, p: F2, scale: Real):
     """Cross-entropy of logits x against target probabilities p, fused with log-softmax.
 
     loss_r = -sum_k p[r, k] log y[r, k] = sum_k p[r, k] (lse_r - x[r, k])

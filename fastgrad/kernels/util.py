@@ -2,11 +2,11 @@
 
 from numba import prange
 
-from .._jit import kernel
+from .._jit import F1, kernel
 
 
 @kernel
-def all_finite(x):
+def all_finite(x: F1):
     """True when every x_i is finite; x has shape (size,).
 
     sum_i x_i * 0 is 0 when every x_i is finite and NaN otherwise (Inf * 0 is
