@@ -62,6 +62,7 @@ __all__ = [
     "F3",
     "F4",
     "I1",
+    "I2",
     "I4",
     "Real",
 ]
@@ -97,7 +98,7 @@ _PARALLEL_OPTIONS = {
 # threading layer: TBB from the pip wheel
 # --------------------------------------------------------------------------
 
-_TBB_LIBRARY = {"linux": "libtbb.so.12", "darwin": "libtbb.12.dylib"}
+TBB_LIBRARY = {"linux": "libtbb.so.12", "darwin": "libtbb.12.dylib"}
 
 
 def _load_tbb_wheel() -> str | None:
@@ -111,7 +112,7 @@ def _load_tbb_wheel() -> str | None:
     """
     if str(numba.config.THREADING_LAYER).lower() not in ("tbb", "safe"):
         return None
-    name = _TBB_LIBRARY.get(sys.platform)
+    name = TBB_LIBRARY.get(sys.platform)
     if name is None:
         return None
     try:
@@ -380,6 +381,7 @@ class ScalarKind:
 
 F1, F2, F3, F4 = (ArrayKind(d) for d in (1, 2, 3, 4))
 I1 = ArrayKind(1, integer=True)
+I2 = ArrayKind(2, integer=True)
 I4 = ArrayKind(4, integer=True)
 Real = ScalarKind()
 

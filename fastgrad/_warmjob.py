@@ -8,12 +8,12 @@ import sys
 
 
 def main() -> int:
-    from .config import _run_warm
+    from .config import compile_task
 
     for line in sys.stdin:
         name, dtype, twin = line.split()
         try:
-            seconds = _run_warm(name, dtype, twin)
+            seconds = compile_task(name, dtype, twin)
         except Exception as exc:  # reported to the parent, which compiles this task itself
             print(f"error {type(exc).__name__}: {exc}".replace("\n", " "), flush=True)
         else:

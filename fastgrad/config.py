@@ -71,7 +71,7 @@ def _tbb_installed() -> bool:
         import ctypes
 
         try:
-            ctypes.CDLL(_jit._TBB_LIBRARY.get(sys.platform, "libtbb.so.12"))
+            ctypes.CDLL(_jit.TBB_LIBRARY.get(sys.platform, "libtbb.so.12"))
             return True  # a system or conda libtbb
         except OSError:
             return False
@@ -190,7 +190,7 @@ def _kernel(name: str) -> _jit.Kernel:
     raise ValueError(f"warmup: no kernel named {name!r}")
 
 
-def _run_warm(name: str, dt, twin: str) -> float:
+def compile_task(name: str, dt, twin: str) -> float:
     """Compile (or load) one kernel twin ("serial" or "parallel") for one dtype; returns seconds."""
     start = time.perf_counter()
     _kernel(name).compile(np.dtype(dt), twin)
@@ -275,7 +275,7 @@ def _compile_in_workers(tasks: list, jobs: int, verbose: bool) -> dict:
         if task is None:
             running -= 1
             continue
-        _run_warm(*task)  # load it here while the workers go on compiling
+        compile_task(*task)  # load it here while the workers go on compiling
         if verbose:
             key = " ".join(task)
             print(f"  {key:<44}{done[key]:7.2f} s  (compiled in a worker process)", flush=True)
@@ -319,7 +319,7 @@ def warmup(dtypes=("float32", "float64"), verbose=False, jobs=None, kernels=None
     for task in tasks:  # what no worker finished is compiled (or loaded) here
         key = " ".join(task)
         if key not in times:
-            times[key] = _run_warm(*task)
+            times[key] = compile_task(*task)
             if verbose:
                 print(f"  {key:<44}{times[key]:7.2f} s", flush=True)
     return times

@@ -529,7 +529,7 @@ def fit(
     ranks; a non-finite global loss or gradient norm raises FloatingPointError
     on all ranks.
     """
-    from .model import _ProgressBar, fit_setup
+    from .model import ProgressBar, fit_setup
     from .optim import clip_grad_norm
 
     where = "distributed.fit"
@@ -547,7 +547,7 @@ def fit(
     broadcast_parameters(model, comm=comm)
     r, world = int(comm.Get_rank()), int(comm.Get_size())
     n_batches = math.ceil(n / batch_size)
-    bar = _ProgressBar(epochs, n_batches, enabled=bool(progress) and r == 0)
+    bar = ProgressBar(epochs, n_batches, enabled=bool(progress) and r == 0)
     orders = _epoch_orders(n, seed, shuffle)
     for epoch in range(epochs):
         start = time.perf_counter()

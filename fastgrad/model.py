@@ -135,7 +135,7 @@ class Sequential(Layer):
         rng = np.random.default_rng(seed)
         n = x.shape[0]
         n_batches = math.ceil(n / batch_size)
-        bar = _ProgressBar(epochs, n_batches, enabled=progress)
+        bar = ProgressBar(epochs, n_batches, enabled=progress)
         for epoch in range(epochs):
             start = time.perf_counter()
             order = rng.permutation(n) if shuffle else np.arange(n)
@@ -218,7 +218,7 @@ def fit_setup(x, y, loss, epochs, batch_size, validation_data, dtype, where):
     return x, y, epochs, batch_size, classify, history
 
 
-class _ProgressBar:
+class ProgressBar:
     """A one-line progress bar on stderr; one line per epoch when not a terminal."""
 
     def __init__(self, epochs, batches, enabled=True, width=24):

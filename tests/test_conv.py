@@ -14,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference_conv import ACT, conv_grad_ref, conv_ref
 
-import fastgrad._functional_conv as FC
+import fastgrad.functional as FC
+from fastgrad._checks import activation_code
+from fastgrad.functional import geometry as FG
 from fastgrad.kernels import conv as KC
 from fastgrad.layers.conv import Conv1D, Conv2D
 
@@ -77,7 +79,7 @@ def make_case(case, rng, dtype=np.float64):
         B = rng.standard_normal(M).astype(dtype)
     elif bias == "untied":
         B = rng.standard_normal((M,) + out).astype(dtype)
-    pads = FC.resolve_padding(padding, spatial, k, FC.per_dim(stride, nd, "s", "t"), FC.per_dim(dilation, nd, "d", "t"))
+    pads = FC.resolve_padding(padding, spatial, k, FG.per_dim(stride, nd, "s", "t"), FG.per_dim(dilation, nd, "d", "t"))
     return x, K, B, pads
 
 
@@ -92,7 +94,7 @@ def fd_case(case, seed=0) -> float:
     nd, _N, _C, _M, G, _spatial, _k, stride, padding, dilation, _bias, act = case
     x, K, B, pads = make_case(case, rng)
     y, cache = FC.conv_forward(x, K, B, stride, padding, dilation, G, act)
-    y_ref, _z_ref = conv_ref(x, K, B, FC.per_dim(stride, nd, "s", "t"), pads, FC.per_dim(dilation, nd, "d", "t"), G, act)
+    y_ref, _z_ref = conv_ref(x, K, B, FG.per_dim(stride, nd, "s", "t"), pads, FG.per_dim(dilation, nd, "d", "t"), G, act)
     assert y.shape == y_ref.shape
     np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
     u = rng.standard_normal(y.shape)
@@ -119,7 +121,7 @@ def test_backward_matches_reference(case):
     rng = np.random.default_rng(1)
     nd, _N, _C, _M, G, _spatial, _k, stride, padding, dilation, _bias, act = case
     x, K, B, pads = make_case(case, rng)
-    s, d = FC.per_dim(stride, nd, "s", "t"), FC.per_dim(dilation, nd, "d", "t")
+    s, d = FG.per_dim(stride, nd, "s", "t"), FG.per_dim(dilation, nd, "d", "t")
     y, cache = FC.conv_forward(x, K, B, stride, padding, dilation, G, act)
     u = rng.standard_normal(y.shape)
     _, z = conv_ref(x, K, B, s, pads, d, G, act)
@@ -172,18 +174,18 @@ def conv_options(draw):
     return nd, N, G * Cg, G * Mg, G, spatial, k, s, padding, d, bias, act
 
 
-def _run_kernels(x4, K4, B3, dz4, dims, code, nthreads):
+def _run_kernels(x4, K4, B3, dz4, geo, code, nthreads):
     saved = numba.get_num_threads()
     numba.set_num_threads(min(nthreads, numba.config.NUMBA_NUM_THREADS))
     try:
         z = np.full(dz4.shape, SENTINEL)
         y = np.full(dz4.shape, SENTINEL)
-        KC.conv_forward.parallel(y if code else z, z, x4, K4, B3, dims, code)
+        KC.conv_forward.parallel(y if code else z, z, x4, K4, B3, geo, code)
         dK = np.full(K4.shape, SENTINEL)
         dB = np.full(B3.shape, SENTINEL)
         dx = np.full(x4.shape, SENTINEL)
-        KC.conv_backward_kernel.parallel(dK, dB, dz4, x4, dims)
-        KC.conv_backward_data.parallel(dx, dz4, K4, dims)
+        KC.conv_backward_filter.parallel(dK, dB, dz4, x4, geo)
+        KC.conv_backward_data.parallel(dx, dz4, K4, geo)
     finally:
         numba.set_num_threads(saved)
     return (y if code else z), z, dK - SENTINEL, dB - SENTINEL, dx - SENTINEL
@@ -206,9 +208,9 @@ def test_fuzz_kernels_sentinel_and_threads(case, seed):
     _, cache = FC.conv_forward(x, K, B, stride, padding, dilation, G, act)
     B3 = cache.B if B is not None else np.zeros((0, 1, 1))
     z4 = cache.z.shape
-    code = FC.activation_code(act, "t")
-    r1 = _run_kernels(cache.x, cache.K, B3, dz.reshape(z4), cache.dims, code, 1)
-    r2 = _run_kernels(cache.x, cache.K, B3, dz.reshape(z4), cache.dims, code, 2)
+    code = activation_code(act, "t")
+    r1 = _run_kernels(cache.x, cache.K, B3, dz.reshape(z4), cache.geo, code, 1)
+    r2 = _run_kernels(cache.x, cache.K, B3, dz.reshape(z4), cache.geo, code, 2)
     for a, b in zip(r1, r2):
         assert np.array_equal(a, b), "1 and 2 threads differ"
     y, z, dK, dB, dx = r1

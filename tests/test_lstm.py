@@ -8,7 +8,7 @@ import reference_lstm as R
 from fd import assert_close, numeric_grad
 
 import fastgrad.functional as F
-from fastgrad import _functional_lstm as FL
+from fastgrad.functional import lstm as FL
 from fastgrad.layers.lstm import LSTM
 
 SMOOTH = {"f": "tanh", "i": "gelu", "o": "softplus", "n": "silu", "h": "sigmoid"}
@@ -53,7 +53,8 @@ def _fd_check(case, rng, mutate_W=None):
     _, cache = FL.lstm_forward(x, W, b, h0, c0, acts, lengths)
     if mutate_W is not None:
         Wm = mutate_W(cache.W)  # the backward reads W through its transposed copy WT[j, g H + k] = W[g, k, j]
-        cache = cache._replace(W=Wm, WT=np.ascontiguousarray(Wm.reshape(-1, Wm.shape[2]).T))
+        WT = np.ascontiguousarray(Wm.reshape(-1, Wm.shape[2]).T)
+        cache = cache._replace(W=Wm, saved=cache.saved._replace(WT=WT))
     grads = FL.lstm_backward(dy, cache, dhT, dcT)
     loss = _scalar_loss(x, W, b, h0, c0, acts, lengths, dy, dhT, dcT)
     errors = {}
@@ -146,7 +147,7 @@ def test_float32_agrees_with_float64(rng):
     dy = rng.standard_normal((T, N, H))
     (y64, (_, c64)), k64 = FL.lstm_forward(*p64)
     (y32, (_, c32)), k32 = FL.lstm_forward(*p32)
-    assert y32.dtype == np.float32 and k32.z.dtype == np.float32
+    assert y32.dtype == np.float32 and k32.saved.z.dtype == np.float32
     np.testing.assert_allclose(y32, y64, rtol=1e-5, atol=2e-6)
     np.testing.assert_allclose(c32, c64, rtol=1e-5, atol=2e-6)
     g64 = FL.lstm_backward(dy, k64)

@@ -11,7 +11,8 @@ import pytest
 from fd import assert_close, numeric_grad
 from reference_conv import pool_ref
 
-import fastgrad._functional_conv as FC
+import fastgrad.functional as FC
+from fastgrad.functional import geometry as FG
 from fastgrad.kernels import pool as KP
 from fastgrad.layers.pool import AvgPool1D, AvgPool2D, MaxPool1D, MaxPool2D
 
@@ -47,7 +48,7 @@ def test_pool_forward_backward(kind, spatial, k, s, p):
     fwd, bwd = FUNCS[kind]
     x = tie_free((2, 3) + spatial, rng)
     nd = len(spatial)
-    kt, st, pt = FC._pool_options(nd, k, s, p, "t")
+    kt, st, pt = FG.pool_options(nd, k, s, p, "t")
     y, cache = fwd(x, k, s, p)
     y_ref, back_ref = pool_ref(x, kt, st, pt, kind)
     np.testing.assert_allclose(y, y_ref, rtol=1e-13, atol=1e-13)
@@ -88,8 +89,9 @@ def test_avg_pool_counts_padding_in_divisor():
 def test_sentinel_threads_float32(kind, threads):
     rng = np.random.default_rng(5)
     x = tie_free((4, 8, 21, 19), rng)
-    dims = KP.PoolDims(3, 2, 2, 2, 1, 1)
+    geo = FG.pool_geometry(x.shape, (3, 2), (2, 2), (1, 1), "t")
     shape = (4, 8, 11, 10)
+    assert (geo.Ho, geo.Wo) == shape[2:]
 
     def run(dtype):
         xs = x.astype(dtype)
@@ -98,11 +100,11 @@ def test_sentinel_threads_float32(kind, threads):
         dy = np.linspace(-1, 1, np.prod(shape)).reshape(shape).astype(dtype)
         if kind == "max":
             arg = np.full(shape, -5, np.int64)
-            KP.max_pool_forward.parallel(y, arg, xs, dims)
-            KP.max_pool_backward.parallel(dx, dy, arg)
+            KP.max_pool_forward.parallel(y, arg, xs, geo)
+            KP.max_pool_backward.parallel(dx, dy, arg, geo)
         else:
-            KP.avg_pool_forward.parallel(y, xs, dims)
-            KP.avg_pool_backward.parallel(dx, dy, dims)
+            KP.avg_pool_forward.parallel(y, xs, geo)
+            KP.avg_pool_backward.parallel(dx, dy, geo)
         return y, dx + 777
 
     y64, dx64 = threads(1, lambda: run(np.float64))

@@ -45,3 +45,110 @@ def test_ci_runs_exactly_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     command = next(line for line in readme.splitlines() if line.endswith("-m pytest") and "pip install" in line)
     assert command in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+# -- structure (issue 12): rules a maintainer can rely on -------------------------------------
+
+import ast  # noqa: E402
+
+PKG = ROOT / "fastgrad"
+
+
+def _modules():
+    return sorted(PKG.rglob("*.py"))
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _resolve(path: Path, node: ast.ImportFrom) -> str:
+    """The absolute module an ``from X import ...`` in ``path`` reads from."""
+    if node.level == 0:
+        return node.module or ""
+    package = _module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _is_module(dotted: str) -> bool:
+    rel = Path(*dotted.split("."))
+    return (ROOT / rel).with_suffix(".py").exists() or (ROOT / rel / "__init__.py").exists()
+
+
+def test_functional_is_a_package_with_an_explicit_all():
+    assert (PKG / "functional" / "__init__.py").exists() and not (PKG / "functional.py").exists()
+    import fastgrad.functional as F
+
+    assert all(hasattr(F, name) for name in F.__all__)
+    for op in ("dense", "activation", "conv", "lstm"):
+        assert f"{op}_backward_into" in F.__all__
+    assert not [name for name in F.__all__ if "Geometry" in name], "geometry types are internal"
+
+
+def test_no_private_name_crosses_a_module_boundary():
+    """``from .x import _y`` and ``x._y`` on a fastgrad module are refused: shared names are public."""
+    problems = []
+    for path in _modules():
+        tree = ast.parse(path.read_text())
+        aliases = {}  # local name -> fastgrad module it stands for
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                source = _resolve(path, node)
+                for alias in node.names:
+                    target = f"{source}.{alias.name}"
+                    if source.startswith("fastgrad") and _is_module(target):
+                        aliases[alias.asname or alias.name] = target
+                    elif alias.name.startswith("_") and not alias.name.startswith("__") and source.startswith("fastgrad"):
+                        problems.append(f"{path.relative_to(ROOT)}:{node.lineno}: imports {alias.name} from {source}")
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("fastgrad") and alias.asname:
+                        aliases[alias.asname] = alias.name
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and isinstance(node.value, ast.Name) and node.value.id in aliases):
+                problems.append(f"{path.relative_to(ROOT)}:{node.lineno}: uses {node.value.id}.{node.attr}")
+    assert not problems, "\n".join(problems)
+
+
+def test_kernel_functions_take_at_most_ten_parameters():
+    problems = []
+    for path in sorted((PKG / "kernels").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                count = len(node.args.args) + len(node.args.kwonlyargs)
+                if count > 10:
+                    problems.append(f"{path.name}:{node.lineno}: {node.name} takes {count} parameters")
+    assert not problems, "\n".join(problems)
+
+
+def test_one_statement_per_line():
+    offenders = [str(p.relative_to(ROOT)) for p in _modules() if "noqa: E702" in p.read_text()]
+    assert not offenders, offenders
+
+
+def test_no_write_through_a_bundle_inside_a_parallel_loop():
+    """numba issue 5872: inside a prange body, ``bundle.field[i] = v`` is silently lost.
+
+    Kernels bind a bundle's arrays to local names before their parallel loops.
+    """
+    problems = []
+    for path in sorted((PKG / "kernels").glob("*.py")):
+        for loop in ast.walk(ast.parse(path.read_text())):
+            is_prange = (isinstance(loop, ast.For) and isinstance(loop.iter, ast.Call)
+                         and isinstance(loop.iter.func, ast.Name) and loop.iter.func.id == "prange")
+            if not is_prange:
+                continue
+            for node in ast.walk(loop):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AugAssign) else []
+                for target in targets:
+                    if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Attribute):
+                        problems.append(f"{path.name}:{node.lineno}: writes {ast.unparse(target)} inside prange")
+    assert not problems, "\n".join(problems)

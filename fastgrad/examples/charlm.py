@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import Adam, Dense, Sequential, clip_grad_norm
 from .. import functional as F
-from .._functional_lstm import lstm_forward
+from ..functional import lstm_forward
 from ..layers.lstm import LSTM
 
 MODULES = (

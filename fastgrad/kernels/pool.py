@@ -23,27 +23,36 @@ from numba import prange
 from .._jit import F4, I4, kernel
 
 
-class PoolDims(NamedTuple):
-    """Window (kh, kw), stride (sh, sw) and symmetric padding (ph, pw)."""
+class PoolGeometry(NamedTuple):
+    """Every size of one pooling call, built once by the functional layer.
 
+    Input (N, C, H, W); window (kh, kw); stride (sh, sw); symmetric padding
+    (ph, pw); output (Ho, Wo) from ``fastgrad.functional.geometry.output_size``.
+    """
+
+    N: int
+    C: int
+    H: int
+    W: int
     kh: int
     kw: int
     sh: int
     sw: int
     ph: int
     pw: int
+    Ho: int
+    Wo: int
 
 
 @kernel
-def max_pool_forward(y: F4, arg: I4, x: F4, dims: PoolDims):
+def max_pool_forward(y: F4, arg: I4, x: F4, geo: PoolGeometry):
     """y[n, c, oh, ow] = max_{i, j} x[n, c, oh sh - ph + i, ow sw - pw + j] (padding = -inf);
     arg[n, c, oh, ow] = ih * W + iw of the first maximum.
 
     Shapes: y (N, C, Ho, Wo), arg int64 (N, C, Ho, Wo), both overwritten; x (N, C, H, W).
     """
-    N, C, H, W = x.shape
-    Ho = y.shape[2]
-    Wo = y.shape[3]
+    N, C, H, W = geo.N, geo.C, geo.H, geo.W
+    Ho, Wo = geo.Ho, geo.Wo
     for t in prange(N * C):
         n = t // C
         c = t % C
@@ -51,12 +60,12 @@ def max_pool_forward(y: F4, arg: I4, x: F4, dims: PoolDims):
             for ow in range(Wo):
                 best = x.dtype.type(0)
                 bi = -1
-                for i in range(dims.kh):
-                    ih = oh * dims.sh - dims.ph + i
+                for i in range(geo.kh):
+                    ih = oh * geo.sh - geo.ph + i
                     if ih < 0 or ih >= H:
                         continue
-                    for j in range(dims.kw):
-                        iw = ow * dims.sw - dims.pw + j
+                    for j in range(geo.kw):
+                        iw = ow * geo.sw - geo.pw + j
                         if iw < 0 or iw >= W:
                             continue
                         v = x[n, c, ih, iw]
@@ -69,14 +78,13 @@ def max_pool_forward(y: F4, arg: I4, x: F4, dims: PoolDims):
 
 
 @kernel
-def max_pool_backward(dx: F4, dy: F4, arg: I4):
+def max_pool_backward(dx: F4, dy: F4, arg: I4, geo: PoolGeometry):
     """dx[n, c, arg // W, arg % W] += dy[n, c, oh, ow]: the gradient goes to the saved maximum.
 
     Shapes: dx (N, C, H, W) accumulated; dy, arg (N, C, Ho, Wo).
     """
-    N, C, _H, W = dx.shape
-    Ho = dy.shape[2]
-    Wo = dy.shape[3]
+    N, C, W = geo.N, geo.C, geo.W
+    Ho, Wo = geo.Ho, geo.Wo
     for t in prange(N * C):
         n = t // C
         c = t % C
@@ -87,54 +95,52 @@ def max_pool_backward(dx: F4, dy: F4, arg: I4):
 
 
 @kernel
-def avg_pool_forward(y: F4, x: F4, dims: PoolDims):
+def avg_pool_forward(y: F4, x: F4, geo: PoolGeometry):
     """y[n, c, oh, ow] = (1 / (kh kw)) sum_{i, j} x[n, c, oh sh - ph + i, ow sw - pw + j]
     (padding reads as 0 and counts in the divisor).
 
     Shapes: y (N, C, Ho, Wo) overwritten; x (N, C, H, W).
     """
-    N, C, H, W = x.shape
-    Ho = y.shape[2]
-    Wo = y.shape[3]
-    scale = y.dtype.type(1.0 / (dims.kh * dims.kw))
+    N, C, H, W = geo.N, geo.C, geo.H, geo.W
+    Ho, Wo = geo.Ho, geo.Wo
+    scale = y.dtype.type(1.0 / (geo.kh * geo.kw))
     for t in prange(N * C):
         n = t // C
         c = t % C
         for oh in range(Ho):
             for ow in range(Wo):
                 acc = y.dtype.type(0)
-                for i in range(dims.kh):
-                    ih = oh * dims.sh - dims.ph + i
+                for i in range(geo.kh):
+                    ih = oh * geo.sh - geo.ph + i
                     if ih < 0 or ih >= H:
                         continue
-                    for j in range(dims.kw):
-                        iw = ow * dims.sw - dims.pw + j
+                    for j in range(geo.kw):
+                        iw = ow * geo.sw - geo.pw + j
                         if iw >= 0 and iw < W:
                             acc += x[n, c, ih, iw]
                 y[n, c, oh, ow] = acc * scale
 
 
 @kernel
-def avg_pool_backward(dx: F4, dy: F4, dims: PoolDims):
+def avg_pool_backward(dx: F4, dy: F4, geo: PoolGeometry):
     """dx[n, c, oh sh - ph + i, ow sw - pw + j] += dy[n, c, oh, ow] / (kh kw) for every window tap inside x.
 
     Shapes: dx (N, C, H, W) accumulated; dy (N, C, Ho, Wo).
     """
-    N, C, H, W = dx.shape
-    Ho = dy.shape[2]
-    Wo = dy.shape[3]
-    scale = dx.dtype.type(1.0 / (dims.kh * dims.kw))
+    N, C, H, W = geo.N, geo.C, geo.H, geo.W
+    Ho, Wo = geo.Ho, geo.Wo
+    scale = dx.dtype.type(1.0 / (geo.kh * geo.kw))
     for t in prange(N * C):
         n = t // C
         c = t % C
         for oh in range(Ho):
             for ow in range(Wo):
                 g = dy[n, c, oh, ow] * scale
-                for i in range(dims.kh):
-                    ih = oh * dims.sh - dims.ph + i
+                for i in range(geo.kh):
+                    ih = oh * geo.sh - geo.ph + i
                     if ih < 0 or ih >= H:
                         continue
-                    for j in range(dims.kw):
-                        iw = ow * dims.sw - dims.pw + j
+                    for j in range(geo.kw):
+                        iw = ow * geo.sw - geo.pw + j
                         if iw >= 0 and iw < W:
                             dx[n, c, ih, iw] += g

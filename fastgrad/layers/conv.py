@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _functional_conv as FC
+from .. import functional as F
+from ..functional import geometry as FG
 from .._checks import activation_code, positive_int
 from .base import Layer, check_param_sizes, uniform_init
 
@@ -36,9 +37,9 @@ class _ConvND(Layer):
         nd = self.nd
         self.in_channels = positive_int(in_channels, "in_channels", where)
         self.out_channels = positive_int(out_channels, "out_channels", where)
-        self.kernel_size = FC.per_dim(kernel_size, nd, "kernel_size", where)
-        self.stride = FC.per_dim(stride, nd, "stride", where)
-        self.dilation = FC.per_dim(dilation, nd, "dilation", where)
+        self.kernel_size = FG.per_dim(kernel_size, nd, "kernel_size", where)
+        self.stride = FG.per_dim(stride, nd, "stride", where)
+        self.dilation = FG.per_dim(dilation, nd, "dilation", where)
         self.groups = positive_int(groups, "groups", where)
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(
@@ -53,9 +54,9 @@ class _ConvND(Layer):
         if bias not in _BIAS_MODES:
             raise ValueError(f"{where}: bias must be 'tied', 'untied' or None, got {bias!r}"[:290])
         self.bias = bias
-        self.input_size = None if input_size is None else FC.per_dim(input_size, nd, "input_size", where)
+        self.input_size = None if input_size is None else FG.per_dim(input_size, nd, "input_size", where)
         # validates the padding spec now (the input size only matters for "same")
-        FC.resolve_padding(padding, self.input_size or (1,) * nd, self.kernel_size, self.stride, self.dilation, where)
+        FG.resolve_padding(padding, self.input_size or (1,) * nd, self.kernel_size, self.stride, self.dilation, where)
         self.padding = padding if isinstance(padding, str) else _jsonable(padding)
         if bias == "untied" and self.input_size is None:
             raise ValueError(f"{where}: bias='untied' (one bias per output position) needs input_size")
@@ -65,7 +66,7 @@ class _ConvND(Layer):
         if bias == "tied":
             shapes["B"] = (self.out_channels,)
         elif bias == "untied":
-            out = FC.conv_output_shape(self.input_size, self.kernel_size, self.stride, self.padding, self.dilation, where)
+            out = FG.conv_output_shape(self.input_size, self.kernel_size, self.stride, self.padding, self.dilation, where)
             shapes["B"] = (self.out_channels,) + out
         check_param_sizes(where, self.dtype, shapes)
         rng = np.random.default_rng(seed)
@@ -81,19 +82,21 @@ class _ConvND(Layer):
             raise ValueError(
                 f"{where}: untied bias was built for input_size={self.input_size}, got spatial size {tuple(x.shape[2:])}"
             )
-        y, self._cache = FC._conv_forward(
+        # the output size, checked with this layer's name in the message
+        FG.conv_output_shape(tuple(x.shape[2:]), self.kernel_size, self.stride, self.padding, self.dilation, where)
+        y, self._cache = F.conv_forward(
             x, self.params["K"], self.params.get("B"), self.stride, self.padding, self.dilation,
-            self.groups, self.activation, False, where,  # x checked above; K, B are the layer's own
+            self.groups, self.activation, check_finite=False,  # x checked above; K, B are the layer's own
         )
         return y
 
     def backward(self, dy):
         cache = self._saved()
-        dx = np.zeros_like(cache.x)
-        dK = self.grads["K"].reshape(cache.K.shape)  # views: the kernels accumulate into grads
-        dB = None if cache.B is None else self.grads["B"].reshape(cache.B.shape)
-        FC._conv_backward_into(dx, dK, dB, dy, cache, None, self._where("backward"))  # checks dy
-        return dx if self.nd == 2 else dx.reshape(dx.shape[:2] + dx.shape[3:])
+        dy = self._grad_input(dy, cache.out_shape, self.dtype)
+        dx = np.zeros_like(cache.x).reshape(cache.x_shape)
+        # the kernels accumulate straight into the layer's grads
+        F.conv_backward_into((dx, self.grads["K"], self.grads.get("B")), dy, cache, check_finite=False)
+        return dx
 
     def get_config(self):
         return {
@@ -115,7 +118,7 @@ class _ConvND(Layer):
         spatial = tuple(int(s) for s in input_shape[1:])
         if len(input_shape) != self.nd + 1:
             raise ValueError(f"{where}: input_shape must be (C, *{self.nd} spatial dims), got {tuple(input_shape)}")
-        out = FC.conv_output_shape(spatial, self.kernel_size, self.stride, self.padding, self.dilation, where)
+        out = FG.conv_output_shape(spatial, self.kernel_size, self.stride, self.padding, self.dilation, where)
         return (self.out_channels,) + out
 
 

@@ -53,7 +53,7 @@ class Dense(Layer):
         dy = self._grad_input(dy, cache.z.shape, self.dtype)
         dx = np.zeros_like(cache.x)
         # the kernel accumulates straight into the layer's grads
-        F._dense_backward_into(dx, self.grads["W"], self.grads.get("b"), dy, cache, False, self._where("backward"))
+        F.dense_backward_into((dx, self.grads["W"], self.grads.get("b")), dy, cache, check_finite=False)
         return dx
 
     def get_config(self):

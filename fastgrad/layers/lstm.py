@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._checks import as_array, positive_int, real_number
-from .._functional_lstm import lstm_activations, lstm_backward, lstm_forward, lstm_lengths
+from .. import functional as F
+from ..functional.lstm import lstm_activations, lstm_lengths
 from .base import Layer, check_param_sizes, uniform_init
 
 
@@ -141,7 +142,7 @@ class LSTM(Layer):
             for d, suffix in enumerate(self._suffixes()):
                 s = layer * self.num_directions + d
                 seq = inp if d == 0 else _gather_time(inp, rev)
-                (y, (hT, cT)), cache = lstm_forward(
+                (y, (hT, cT)), cache = F.lstm_forward(
                     seq, self.params[f"W_l{layer}{suffix}"], self.params[f"b_l{layer}{suffix}"],
                     None if h0 is None else h0[s], None if c0 is None else c0[s], self._acts, lens,
                     check_finite=False,  # x and state checked above; params and inner outputs are ours
@@ -186,10 +187,11 @@ class LSTM(Layer):
         if dtop is not None:
             for d in range(D):
                 dhn[(self.num_layers - 1) * D + d] += dtop[:, d * H:(d + 1) * H]
-        dh0 = np.empty_like(dhn)
-        dc0 = np.empty_like(dcn)
+        dh0 = np.zeros_like(dhn)
+        dc0 = np.zeros_like(dcn)
         for layer in range(self.num_layers - 1, -1, -1):
-            dinp = None
+            fan = self.input_size if layer == 0 else H * D
+            dinp = np.zeros((T, N, fan), self.dtype)
             for d, suffix in enumerate(self._suffixes()):
                 s = layer * D + d
                 part = None
@@ -197,12 +199,13 @@ class LSTM(Layer):
                     part = np.ascontiguousarray(dseq[:, :, d * H:(d + 1) * H])
                     if d == 1:
                         part = _gather_time(part, rev)
-                dx, dW, db, dh0[s], dc0[s] = lstm_backward(part, caches[s], dhn[s], dcn[s], check_finite=False)
-                self.grads[f"W_l{layer}{suffix}"] += dW
-                self.grads[f"b_l{layer}{suffix}"] += db
+                # the forward direction accumulates straight into dinp; the reverse one reads
+                # time backwards, so its dx is mapped back before it is added
+                dx = dinp if d == 0 else np.zeros_like(dinp)
+                grads = (dx, self.grads[f"W_l{layer}{suffix}"], self.grads[f"b_l{layer}{suffix}"], dh0[s], dc0[s])
+                F.lstm_backward_into(grads, part, caches[s], dhn[s], dcn[s], check_finite=False)
                 if d == 1:
-                    dx = _gather_time(dx, rev)
-                dinp = dx if dinp is None else dinp + dx
+                    dinp += _gather_time(dx, rev)
             dseq = dinp
         self.state_grad = (dh0, dc0)
         return np.ascontiguousarray(dseq.transpose(1, 0, 2)) if self.batch_first else dseq

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from .. import _functional_conv as FC
+import numpy as np
+
+from .. import functional as F
+from ..functional import geometry as FG
 from .base import Layer
 
 
@@ -13,15 +16,21 @@ class _Pool(Layer):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
         where = type(self).__name__
-        self.kernel_size, self.stride, self.padding = FC._pool_options(self.nd, kernel_size, stride, padding, where)
+        self.kernel_size, self.stride, self.padding = FG.pool_options(self.nd, kernel_size, stride, padding, where)
 
     def forward(self, x):
         x = self._input(x, ndim=self.nd + 2)
-        y, self._cache = FC._pool_forward(self.kind, x, self.kernel_size, self.stride, self.padding, False, self._where("forward"))
+        forward = F.max_pool_forward if self.kind == "max" else F.avg_pool_forward
+        y, self._cache = forward(x, self.kernel_size, self.stride, self.padding, check_finite=False)
         return y
 
     def backward(self, dy):
-        return FC._pool_backward(dy, self._saved(), self.kind, self._where("backward"), None)
+        cache = self._saved()
+        dy = self._grad_input(dy, cache.out_shape, cache.dtype)
+        dx = np.zeros(cache.x_shape, cache.dtype)
+        backward_into = F.max_pool_backward_into if self.kind == "max" else F.avg_pool_backward_into
+        backward_into((dx,), dy, cache, check_finite=False)
+        return dx
 
     def get_config(self):
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding)}
@@ -30,7 +39,7 @@ class _Pool(Layer):
         where = self._where("output_shape")
         if len(input_shape) != self.nd + 1:
             raise ValueError(f"{where}: input_shape must be (C, *{self.nd} spatial dims), got {tuple(input_shape)}")
-        out = FC.pool_output_shape(tuple(input_shape[1:]), self.kernel_size, self.stride, self.padding, where)
+        out = FG.pool_output_shape(tuple(input_shape[1:]), self.kernel_size, self.stride, self.padding, where)
         return (int(input_shape[0]),) + out
 
 

@@ -1,10 +1,11 @@
-"""Functional LSTM (re-exported by ``fastgrad.functional``): validate, allocate, call kernels.
+"""LSTM, functional: validate, allocate, call the kernels (kernels.lstm).
 
 ``lstm_forward(x, W, b, h0, c0, activations, lengths)`` returns
-``((y, (hT, cT)), cache)`` and ``lstm_backward(dy, cache, dhT, dcT)`` returns
-``(dx, dW, db, dh0, dc0)``.  Layout: x (T, N, I) time first; W (4, H, H+I)
-with gates (f, i, o, n) acting on [h_{t-1}, x_t]; b (4, H).  The equations are
-in :mod:`fastgrad.kernels.lstm`.
+``((y, (hT, cT)), cache)``; ``lstm_backward(dy, cache, dhT, dcT)`` returns
+``(dx, dW, db, dh0, dc0)`` and ``lstm_backward_into(grads, dy, cache, dhT,
+dcT)`` accumulates them into ``grads``.  Layout: x (T, N, I) time first; W
+(4, H, H+I) with gates (f, i, o, n) acting on [h_{t-1}, x_t]; b (4, H).  The
+equations are in :mod:`fastgrad.kernels.lstm`.
 """
 
 from __future__ import annotations
@@ -13,37 +14,26 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _jit
-from ._checks import activation_code, as_array, check_alloc, check_shape
-from ._workspace import scratch
-from .kernels import lstm as _lstm
-
-__all__ = ["LSTM_DEFAULT_ACTIVATIONS", "LSTM_GATES", "LSTMCache", "lstm_backward", "lstm_forward"]
+from .. import _jit
+from .._checks import activation_code, as_array, check_alloc, check_shape
+from .._workspace import scratch
+from ..kernels import lstm as klstm
+from .common import EMPTY3, grad_buffer, same_dtype, unpack_grads, upstream
 
 #: activation slots of the cheat sheet: sigma_f, sigma_i, sigma_o, sigma_n, sigma_h
 LSTM_GATES = ("f", "i", "o", "n", "h")
 LSTM_DEFAULT_ACTIVATIONS = {"f": "sigmoid", "i": "sigmoid", "o": "sigmoid", "n": "tanh", "h": "tanh"}
 
-_NO_DY = {np.dtype(np.float32): np.zeros((0, 0, 0), np.float32), np.dtype(np.float64): np.zeros((0, 0, 0), np.float64)}
-
 
 class LSTMCache(NamedTuple):
-    """What lstm_backward needs: saved per-step tensors, parameters, options.
+    """What lstm_backward needs: the saved per-step tensors, the parameters and the options.
 
-    hx (T, N, H+I) rows [h_{t-1}, x_t]; z, a (T, N, 4, H) gate pre-activations
-    and activations; c (T+1, N, H) cell states with c[0] = c0; sh (T, N, H)
-    sigma_h(c_t); W, b as given; WT (H+I, 4H) W transposed for the backward
-    sums; lengths (N,) int64; activations the full dict; codes (5,) int64
-    kernel codes.
+    saved: kernels.lstm.LSTMSaved (hx, z, a, c, sh, WT); W, b as given;
+    lengths (N,) int64; activations the full dict; codes (5,) int64 kernel codes.
     """
 
-    hx: np.ndarray
-    z: np.ndarray
-    a: np.ndarray
-    c: np.ndarray
-    sh: np.ndarray
+    saved: klstm.LSTMSaved
     W: np.ndarray
-    WT: np.ndarray
     b: np.ndarray
     lengths: np.ndarray
     activations: dict
@@ -80,16 +70,11 @@ def lstm_lengths(lengths, T: int, N: int, where: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
-def _same_dtype(arr, ref, name, where):
-    if arr.dtype != ref.dtype:
-        raise TypeError(f"{where}: {name} has dtype {arr.dtype} but x has dtype {ref.dtype}; they must match")
-
-
 def _state(s, name, N, H, x, where, check_finite):
     if s is None:
         return np.zeros((N, H), x.dtype)
     s = as_array(s, name, where, ndim=2, check_finite=check_finite)
-    _same_dtype(s, x, name, where)
+    same_dtype(s, x, name, where)
     check_shape(s, (N, H), name, where)
     return s
 
@@ -109,8 +94,8 @@ def lstm_forward(x, W, b, h0=None, c0=None, activations=None, lengths=None, *, c
     x = as_array(x, "x", where, ndim=3, check_finite=check_finite)
     W = as_array(W, "W", where, ndim=3, check_finite=check_finite)
     b = as_array(b, "b", where, ndim=2, check_finite=check_finite)
-    _same_dtype(W, x, "W", where)
-    _same_dtype(b, x, "b", where)
+    same_dtype(W, x, "W", where)
+    same_dtype(b, x, "b", where)
     T, N, n_in = x.shape
     if T == 0:
         raise ValueError(f"{where}: x has zero time steps (shape {x.shape}); T must be >= 1")
@@ -129,20 +114,20 @@ def lstm_forward(x, W, b, h0=None, c0=None, activations=None, lengths=None, *, c
     lens = lstm_lengths(lengths, T, N, where)
     check_alloc(where, x.dtype, [("y", (T, N, H)), ("saved gates and states", (T * N * (10 * H + n_in) + 4 * H * (H + n_in),))])
     dt = x.dtype
-    y = np.empty((T, N, H), dt)
-    hT = np.empty((N, H), dt)
-    cT = np.empty((N, H), dt)
-    hx = np.empty((T, N, H + n_in), dt)
-    z = np.empty((T, N, 4, H), dt)
-    a = np.empty((T, N, 4, H), dt)
-    c = np.empty((T + 1, N, H), dt)
-    sh = np.empty((T, N, H), dt)
-    WT = np.empty((H + n_in, 4 * H), dt)
+    out = klstm.LSTMOut(np.empty((T, N, H), dt), np.empty((N, H), dt), np.empty((N, H), dt))
+    saved = klstm.LSTMSaved(
+        hx=np.empty((T, N, H + n_in), dt),
+        z=np.empty((T, N, 4, H), dt),
+        a=np.empty((T, N, 4, H), dt),
+        c=np.empty((T + 1, N, H), dt),
+        sh=np.empty((T, N, H), dt),
+        WT=np.empty((H + n_in, 4 * H), dt),
+    )
     codes = np.array([activation_code(acts[g], where) for g in LSTM_GATES], np.int64)
     work = T * N * 4 * H * (H + n_in)
     Wx = np.ascontiguousarray(W[:, :, H:]).reshape(4 * H, n_in)  # the input half, for a contiguous product
-    _jit.pick(_lstm.lstm_forward, work)(y, hT, cT, hx, z, a, c, sh, WT, x, W, Wx, b, h0, c0, lens, codes)
-    return (y, (hT, cT)), LSTMCache(hx, z, a, c, sh, W, WT, b, lens, acts, codes)
+    _jit.pick(klstm.lstm_forward, work)(out, saved, x, klstm.LSTMParams(W, Wx, b), h0, c0, lens, codes)
+    return (out.y, (out.hT, out.cT)), LSTMCache(saved, W, b, lens, acts, codes)
 
 
 def lstm_backward(dy, cache, dhT=None, dcT=None, *, check_finite=None):
@@ -153,44 +138,59 @@ def lstm_backward(dy, cache, dhT=None, dcT=None, *, check_finite=None):
     be given (None counts as zeros).  Gradients at padded steps are ignored.
     """
     where = "lstm_backward"
+    _check_cache(cache, where)
+    T, N = cache.saved.hx.shape[:2]
+    H = cache.W.shape[1]
+    dt = cache.W.dtype
+    grads = (np.zeros((T, N, cache.W.shape[2] - H), dt), np.zeros_like(cache.W), np.zeros_like(cache.b),
+             np.zeros((N, H), dt), np.zeros((N, H), dt))
+    _backward(grads, dy, cache, dhT, dcT, check_finite, where)
+    return grads
+
+
+def lstm_backward_into(grads, dy, cache, dhT=None, dcT=None, *, check_finite=None) -> None:
+    """Accumulate (``+=``) the gradients of lstm_forward into ``grads`` = (dx, dW, db, dh0, dc0).
+
+    Shapes: dx (T, N, I), dW (4, H, H+I), db (4, H), dh0, dc0 (N, H); writable
+    C-contiguous arrays of the forward's dtype (the LSTM layer passes its own
+    ``grads`` for dW and db).  dy, dhT, dcT as in :func:`lstm_backward`.
+    """
+    where = "lstm_backward_into"
+    _check_cache(cache, where)
+    names = ("dx", "dW", "db", "dh0", "dc0")
+    T, N = cache.saved.hx.shape[:2]
+    H = cache.W.shape[1]
+    shapes = ((T, N, cache.W.shape[2] - H), cache.W.shape, cache.b.shape, (N, H), (N, H))
+    arrays = unpack_grads(grads, names, where)
+    checked = tuple(grad_buffer(a, name, shape, cache.W.dtype, where) for a, name, shape in zip(arrays, names, shapes))
+    _backward(checked, dy, cache, dhT, dcT, check_finite, where)
+
+
+def _check_cache(cache, where: str) -> None:
     if cache is None:
         raise ValueError(f"{where}: no cache; call lstm_forward first and pass the cache it returned")
     if not isinstance(cache, LSTMCache):
         raise TypeError(f"{where}: cache must be the LSTMCache returned by lstm_forward, got {type(cache).__name__}")
-    hx, z, a, c, sh, W, WT, b, lens, _acts, codes = cache
-    T, N = hx.shape[:2]
+
+
+def _backward(grads, dy, cache, dhT, dcT, check_finite, where):
+    saved, W, _b, lens, _acts, codes = cache
+    T, N = saved.hx.shape[:2]
     H = W.shape[1]
     n_in = W.shape[2] - H
-    dt = hx.dtype
-    if dy is None:
-        dy = _NO_DY[dt]
-    else:
-        dy = as_array(dy, "dy", where, dtype=dt, check_finite=check_finite)
-        check_shape(dy, (T, N, H), "dy", where)
-    if dhT is None:
-        dhT = np.zeros((N, H), dt)
-    else:
-        dhT = as_array(dhT, "dhT", where, dtype=dt, check_finite=check_finite)
-        check_shape(dhT, (N, H), "dhT", where)
-    if dcT is None:
-        dcT = np.zeros((N, H), dt)
-    else:
-        dcT = as_array(dcT, "dcT", where, dtype=dt, check_finite=check_finite)
-        check_shape(dcT, (N, H), "dcT", where)
-    dx = np.empty((T, N, n_in), dt)
-    dW = np.zeros_like(W)
-    db = np.zeros_like(b)
-    dh0 = np.empty((N, H), dt)
-    dc0 = np.empty((N, H), dt)
+    dt = saved.hx.dtype
+    dy = EMPTY3[dt] if dy is None else upstream(dy, (T, N, H), dt, where, check_finite)
+    dhT = np.zeros((N, H), dt) if dhT is None else upstream(dhT, (N, H), dt, where, check_finite, "dhT")
+    dcT = np.zeros((N, H), dt) if dcT is None else upstream(dcT, (N, H), dt, where, check_finite, "dcT")
     # the valid steps r = t N + n (t < lengths[n]) in increasing order: dW sums over them
     r = np.arange(T * N, dtype=np.int64)
     rows = r[r // N < lens[r % N]]
     V = rows.shape[0]
     G = 4 * H
-    check_alloc(where, dt, [("dx", (T, N, n_in)), ("scratch", (T * N * G + (G + H + n_in) * V,))])
+    check_alloc(where, dt, [("scratch", (T * N * G + (G + H + n_in) * V + 2 * N * H,))])
     work = 2 * T * N * G * (H + n_in)
-    with scratch(dt, (T, N, 4, H), (G, V), (H + n_in, V)) as (dz, dzT, hxT):
-        _jit.pick(_lstm.lstm_backward, work)(
-            dx, dW, db, dh0, dc0, dz, dzT, hxT, dy, dhT, dcT, hx, z, a, c, sh, WT, lens, rows, codes
+    with scratch(dt, (T, N, 4, H), (G, V), (H + n_in, V), (N, H), (N, H)) as (dz, dzT, hxT, dh, dc):
+        _jit.pick(klstm.lstm_backward, work)(
+            klstm.LSTMGrads(*grads), klstm.LSTMScratch(dz, dzT, hxT, rows, dh, dc), klstm.LSTMUpstream(dy, dhT, dcT),
+            saved, lens, codes,
         )
-    return dx, dW, db, dh0, dc0

@@ -1,0 +1,226 @@
+"""Convolution, functional: validate, build the geometry, allocate, call the kernels (kernels.conv).
+
+Layout is batch first and channels second (PyTorch): x (N, C, L) for 1-D and
+(N, C, H, W) for 2-D.  The number of spatial dimensions comes from
+``x.ndim``; 1-D problems run through the 2-D kernels as H = 1 (a reshape, no
+copy).  Options (stride, padding incl. "same", dilation, groups) are parsed
+once into a :class:`~fastgrad.kernels.conv.ConvGeometry`
+(:mod:`fastgrad.functional.geometry`).
+
+* ``B``: None; (M,) tied (one bias per output channel, as PyTorch); or
+  (M, *out_spatial) untied (the cheat sheet's full bias maps B_k).
+* ``activation``: fused, as in dense: the forward keeps z = pre-activation in
+  the cache and the backward uses dL/dz = dL/dy * sigma'(z).
+
+Memory per call: the outputs (y and z; one array when the activation is the
+identity), and in the backward dx, dK, dB plus one dL/dz array of y's size
+when the activation is not the identity (the identity uses dy directly).
+Stride 1 also uses short-lived workspaces: a padded copy of x and a wide z in
+the forward; the padded x, a wide dL/dz and a wide dx in the backward.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import _jit
+from .._checks import activation_code, as_array, check_alloc, positive_int
+from ..kernels import conv as kconv
+from ..kernels.conv import ConvGeometry
+from .common import NO_BIAS3, grad_buffer, same_dtype, unpack_grads, upstream
+from .geometry import conv_geometry, conv_out_shape
+
+
+class ConvCache(NamedTuple):
+    """What conv_backward needs: 4-D views of x, K, the bias (or None), z, the geometry and options."""
+
+    x: np.ndarray  # (N, C, H, W)
+    K: np.ndarray  # (M, Cg, kh, kw)
+    B: np.ndarray | None  # (M, 1, 1) tied, (M, Ho, Wo) untied
+    z: np.ndarray  # (N, M, Ho, Wo) pre-activation
+    geo: ConvGeometry
+    activation: str
+    nd: int  # 1 or 2 spatial dims
+    x_shape: tuple  # the user's shapes, for dx, dK, dB
+    K_shape: tuple
+    bias_shape: tuple | None
+
+    @property
+    def out_shape(self) -> tuple:
+        """The user's shape of y and dy: (N, M, *out_spatial)."""
+        return conv_out_shape(self.geo, self.nd)
+
+
+def conv_forward(x, K, B=None, stride=1, padding=0, dilation=1, groups=1, activation="identity", *, check_finite=None):
+    """Z_k = B_k + sum_j X_j (star) K_kj, Y_k = sigma(Z_k) over a batch; returns ``(y, cache)``.
+
+    x (N, C, L) or (N, C, H, W); K (M, C // groups, *k); B None, (M,) tied or
+    (M, *out_spatial) untied -> y (N, M, *out_spatial).  Options: module doc.
+    """
+    where = "conv_forward"
+    code = activation_code(activation, where)
+    x = as_array(x, "x", where, ndim=(3, 4), check_finite=check_finite)
+    nd = x.ndim - 2
+    K = as_array(K, "K", where, check_finite=check_finite)
+    same_dtype(K, x, "K", where)
+    if K.ndim != x.ndim:
+        raise ValueError(f"{where}: K must be {x.ndim}-D (M, C//groups, *kernel) for a {x.ndim}-D x, got shape {K.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{where}: x has an empty batch (shape {x.shape})")
+    if min(x.shape[1:]) == 0 or min(K.shape) == 0:
+        raise ValueError(f"{where}: x and K must have no zero-length axis, got x {x.shape} and K {K.shape}")
+    groups = positive_int(groups, "groups", where)
+    geo = conv_geometry(x.shape, K.shape, stride, padding, dilation, groups, where)
+    full_out = conv_out_shape(geo, nd)
+    B3 = None
+    if B is not None:
+        B = as_array(B, "B", where, check_finite=check_finite)
+        same_dtype(B, x, "B", where)
+        if B.shape == (geo.M,):
+            B3 = B.reshape(geo.M, 1, 1)
+        elif B.shape == (geo.M,) + full_out[2:]:
+            B3 = B.reshape(geo.M, geo.Ho, geo.Wo)
+        else:
+            raise ValueError(
+                f"{where}: B must have shape ({geo.M},) (tied) or {(geo.M,) + full_out[2:]} (untied bias maps), got {B.shape}"
+            )
+    check_alloc(where, x.dtype, [("y", full_out), ("z", full_out)])
+    x4 = x.reshape(geo.N, geo.C, geo.H, geo.W)
+    K4 = K.reshape(geo.M, geo.Cg, geo.kh, geo.kw)
+    z = np.empty((geo.N, geo.M, geo.Ho, geo.Wo), x.dtype)
+    # identity: y is z, one array serves both (sigma' = 1 never reads z)
+    y = z if code == 0 else np.empty_like(z)
+    work = z.size * geo.Cg * geo.kh * geo.kw
+    bias = NO_BIAS3[x.dtype] if B3 is None else B3
+    if geo.sh == 1 and geo.sw == 1:  # stride 1: long contiguous loops over wide planes (kernels.conv)
+        xp = pad_wide(x4, geo)
+        zw = np.empty((geo.N, geo.M, geo.Lz), x.dtype)
+        K2 = K4.reshape(geo.M, -1)
+        _jit.pick(kconv.conv_forward_s1, work)(y, z, xp, K2, bias, geo, code, zw, forward_taps(geo))
+    else:
+        _jit.pick(kconv.conv_forward, work)(y, z, x4, K4, bias, geo, code)
+    cache = ConvCache(x4, K4, B3, z, geo, activation, nd, x.shape, K.shape, None if B is None else B.shape)
+    return y.reshape(full_out), cache
+
+
+def conv_backward(dy, cache: ConvCache, *, check_finite=None):
+    """Gradients of conv_forward: returns ``(dx, dK, dB)``, dB None when B was None.
+
+    dL/dZ_k = dL/dY_k (.) sigma'(Z_k);  dL/dB_k = dL/dZ_k (summed over positions when tied);
+    dL/dK_kj = X_j (star) dL/dZ_k;  dL/dX_j = sum_k dL/dZ_k (*) K_kj (full convolution).
+    """
+    _check_cache(cache, "conv_backward")
+    dx = np.zeros(cache.x_shape, cache.x.dtype)
+    dK = np.zeros(cache.K_shape, cache.x.dtype)
+    dB = None if cache.B is None else np.zeros(cache.bias_shape, cache.x.dtype)
+    _backward(dx, dK, dB, dy, cache, check_finite, "conv_backward")
+    return dx, dK, dB
+
+
+def conv_backward_into(grads, dy, cache: ConvCache, *, check_finite=None) -> None:
+    """Accumulate (``+=``) the gradients of conv_forward into ``grads`` = (dx, dK, dB).
+
+    dx, dK and dB have the shapes of the forward's x, K and B (dB None when
+    there was no bias): writable C-contiguous arrays of the forward's dtype
+    (the Conv layers pass their own ``grads``).
+    """
+    where = "conv_backward_into"
+    _check_cache(cache, where)
+    dx, dK, dB = unpack_grads(grads, ("dx", "dK", "dB"), where)
+    dt = cache.x.dtype
+    dx = grad_buffer(dx, "dx", cache.x_shape, dt, where)
+    dK = grad_buffer(dK, "dK", cache.K_shape, dt, where)
+    if cache.B is None:
+        if dB is not None:
+            raise ValueError(f"{where}: grads.dB must be None: the forward had no bias")
+    else:
+        dB = grad_buffer(dB, "dB", cache.bias_shape, dt, where)
+    _backward(dx, dK, dB, dy, cache, check_finite, where)
+
+
+def _check_cache(cache, where: str) -> None:
+    if not isinstance(cache, ConvCache):
+        raise TypeError(f"{where}: cache must be the ConvCache returned by conv_forward, got {type(cache).__name__}")
+
+
+def _backward(dx, dK, dB, dy, cache: ConvCache, check_finite, where):
+    """Accumulate into dx, dK, dB (the user's shapes; dB None without bias)."""
+    x, K, _B3, z, geo, activation = cache[:6]
+    dy = upstream(dy, cache.out_shape, x.dtype, where, check_finite)
+    dy4 = dy.reshape(z.shape)
+    code = activation_code(activation, where)
+    if code == 0:
+        dz = dy4
+    else:
+        dz = np.empty_like(z)
+        _jit.pick(kconv.conv_dz, 8 * z.size)(dz.reshape(-1), dy4.reshape(-1), z.reshape(-1), code)
+    dx4 = dx.reshape(x.shape)
+    dK4 = dK.reshape(K.shape)
+    dB3 = NO_BIAS3[x.dtype] if dB is None else dB.reshape(cache.B.shape)
+    work = z.size * geo.Cg * geo.kh * geo.kw
+    if geo.sh == 1 and geo.sw == 1:  # stride 1: long contiguous loops over wide planes (kernels.conv)
+        xp = pad_wide(x, geo)
+        dzw = widen_dz(dz, geo)
+        _jit.pick(kconv.conv_backward_filter_s1, work)(dK4.reshape(geo.M, -1), dB3, dz, dzw, xp, geo, forward_taps(geo))
+        dxw = np.empty((geo.N, geo.C, geo.Qr), x.dtype)
+        _jit.pick(kconv.conv_backward_data_s1, work)(dx4, dzw, filters_by_input(K, geo), geo, dxw, data_taps(geo))
+    else:
+        _jit.pick(kconv.conv_backward_filter, work)(dK4, dB3, dz, x, geo)
+        _jit.pick(kconv.conv_backward_data, work)(dx4, dz, K, geo)
+
+
+# --------------------------------------------------------------------------
+# the stride-1 wide layout (kernels.conv, "stride-1 fast path")
+# --------------------------------------------------------------------------
+
+
+def pad_wide(x4: np.ndarray, geo: ConvGeometry) -> np.ndarray:
+    """xp (N, C, PS): x zero-padded to (Hp, Wp), each plane flattened, with ROUND zeros of slack."""
+    xp = np.zeros((geo.N, geo.C, geo.PS), x4.dtype)
+    planes = xp[:, :, : geo.Hp * geo.Wp].reshape(geo.N, geo.C, geo.Hp, geo.Wp)
+    planes[:, :, geo.ph0: geo.ph0 + geo.H, geo.pw0: geo.pw0 + geo.W] = x4
+    return xp
+
+
+def widen_dz(dz: np.ndarray, geo: ConvGeometry) -> np.ndarray:
+    """dzw (N, M, LD): dL/dZ in wide positions, shifted by ``front``, zeros everywhere else."""
+    dzw = np.zeros((geo.N, geo.M, geo.LD), dz.dtype)
+    rows = dzw[:, :, geo.front: geo.front + geo.Ho * geo.Wp].reshape(geo.N, geo.M, geo.Ho, geo.Wp)
+    rows[:, :, :, : geo.Wo] = dz
+    return dzw
+
+
+def _offsets(geo: ConvGeometry) -> np.ndarray:
+    """Offset ki dil_h Wp + kj dil_w of every tap (ki, kj), in row-major order."""
+    ki, kj = np.divmod(np.arange(geo.kh * geo.kw, dtype=np.int64), geo.kw)
+    return ki * (geo.dil_h * geo.Wp) + kj * geo.dil_w
+
+
+@lru_cache(maxsize=64)
+def forward_taps(geo: ConvGeometry) -> np.ndarray:
+    """The forward's tap table (Cg kh kw, 2): row (c kh + ki) kw + kj = (c, offset of (ki, kj))."""
+    offsets = _offsets(geo)
+    taps = np.empty((geo.Cg, offsets.size, 2), np.int64)
+    taps[:, :, 0] = np.arange(geo.Cg)[:, None]
+    taps[:, :, 1] = offsets[None, :]
+    return taps.reshape(-1, 2)
+
+
+@lru_cache(maxsize=64)
+def data_taps(geo: ConvGeometry) -> np.ndarray:
+    """dL/dX's tap table (Mg kh kw, 2): row (k kh + ki) kw + kj = (k, front - offset of (ki, kj))."""
+    offsets = _offsets(geo)
+    taps = np.empty((geo.Mg, offsets.size, 2), np.int64)
+    taps[:, :, 0] = np.arange(geo.Mg)[:, None]
+    taps[:, :, 1] = geo.front - offsets[None, :]
+    return taps.reshape(-1, 2)
+
+
+def filters_by_input(K4: np.ndarray, geo: ConvGeometry) -> np.ndarray:
+    """KT (C, Mg kh kw): KT[g Cg + c, (k kh + ki) kw + kj] = K[g Mg + k, c, ki, kj], the weights dL/dX sums over."""
+    T = geo.kh * geo.kw
+    grouped = K4.reshape(geo.groups, geo.Mg, geo.Cg, T).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(grouped).reshape(geo.C, geo.Mg * T)
