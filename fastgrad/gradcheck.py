@@ -66,8 +66,8 @@ class TensorCheck:
 class GradcheckReport:
     """One row per checked tensor (``x`` first, then each parameter); ``accumulation`` for layers.
 
-    ``accumulation`` compares the gradients after two ``backward`` calls with
-    twice those after one (``backward`` must add into ``grads``); None for
+    ``accumulation`` compares the gradients after two forward/backward passes
+    with twice those after one (``backward`` must add into ``grads``); None for
     functions and for layers without parameters.  ``ok`` needs every row and it.
     """
 
@@ -292,8 +292,8 @@ def gradcheck(
     checked as it is, including methods replaced on the instance; it runs in
     float64 during the check and is left bitwise unchanged (params, grads,
     dtype, caches).  Rows: the input gradient ``x`` and every parameter
-    gradient; then ``report.accumulation``: a second ``backward`` must double
-    the gradients (backward adds into ``grads``).  ``mode``: ``"full"`` (every element, or a
+    gradient; then ``report.accumulation``: a second forward/backward must
+    double the gradients (backward adds into ``grads``).  ``mode``: ``"full"`` (every element, or a
     random ``max_points`` per tensor) or ``"directional"`` (``directions``
     random directions per tensor, cost independent of size).  Returns a
     :class:`GradcheckReport` (printable table); raises :class:`GradcheckError`
@@ -321,6 +321,7 @@ def gradcheck(
         grads = {key: np.array(g, dtype=np.float64) for key, g in model.grads.items()}
         twice = None
         if grads:
+            model.forward(x)  # afresh: a backward may consume its cache
             model.backward(u.copy())
             twice = {key: np.array(g, dtype=np.float64) for key, g in model.grads.items()}
 

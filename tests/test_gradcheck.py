@@ -142,7 +142,7 @@ def test_float32_layer_is_bitwise_unchanged_after_a_check_that_passes_fails_or_r
 
     def forward(*args):
         calls.append(1)
-        if len(calls) == 3:  # in the middle of the finite differences
+        if len(calls) == 4:  # in the middle of the finite differences
             raise RuntimeError("boom")
         return original(*args)
 
@@ -191,12 +191,12 @@ def test_directional_cost_does_not_depend_on_the_size_and_full_counts_every_elem
         layer = fg.Dense(n, m, "tanh", dtype=np.float64, seed=1)
         calls = _counting(layer)
         report = fg.gradcheck(layer, rng.standard_normal((4, n)), mode="directional", directions=3)
-        assert len(calls) == 1 + 2 * 3 * 3  # one forward, then 2 per direction for x, W, b
+        assert len(calls) == 2 + 2 * 3 * 3  # two forwards (the second for the accumulation check), then 2 per direction for x, W, b
         assert [r.checked for r in report.rows[:3]] == [3, 3, 3]
     layer = fg.Dense(3, 2, dtype=np.float64, seed=1)
     calls = _counting(layer)
     fg.gradcheck(layer, rng.standard_normal((4, 3)))
-    assert len(calls) == 1 + 2 * (12 + 6 + 2)
+    assert len(calls) == 2 + 2 * (12 + 6 + 2)
 
 
 class _Scale(fg.Layer):
@@ -227,6 +227,16 @@ def test_user_layer_without_dtype_in_its_config_is_checked():
     report = fg.gradcheck(layer, np.random.default_rng(0).standard_normal((3, 4)))
     assert [r.name for r in report.rows] == ["x", "g"] and report.accumulation.ok and report.ok
     assert layer.params["g"].dtype == np.float32 and "x" not in vars(layer)
+
+
+def test_backward_that_consumes_its_cache_is_checked():
+    class Consuming(_Scale):
+        def backward(self, dy):
+            dx = super().backward(dy)
+            del self.x  # frees the saved input: a second backward needs a new forward
+            return dx
+
+    assert fg.gradcheck(Consuming(3), np.ones((2, 3))).ok
 
 
 def test_backward_that_assigns_instead_of_adding_fails_the_accumulation_row():
