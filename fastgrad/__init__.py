@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 from . import functional
 from ._checks import get_check_finite, set_check_finite
 from .config import get_num_threads, set_num_threads, show_config, warmup
-from .gradcheck import GradcheckError, GradcheckReport, gradcheck
+from .gradcheck import GradcheckError, GradcheckReport, gradcheck, gradcheck_fn
 from .io import ModelFileError, load, load_weights, save
 from .kernels.activations import ACTIVATIONS
 from .layers import (
@@ -64,6 +64,7 @@ __all__ = [
     "load_weights",
     "ModelFileError",
     "gradcheck",
+    "gradcheck_fn",
     "GradcheckError",
     "GradcheckReport",
     "set_num_threads",

@@ -10,14 +10,16 @@ nothing is changed until the whole file has been checked.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import sys
 import tempfile
 import zipfile
 
 import numpy as np
 
-from .layers.base import Layer
+from .layers.base import Layer, is_builtin, layer_type
 
 FORMAT = "fastgrad-model"
 VERSION = 1
@@ -32,7 +34,41 @@ class ModelFileError(ValueError):
 
 
 def _describe_model(model) -> dict:
-    return {"format": FORMAT, "version": VERSION, "type": type(model).__name__, "config": model.get_config()}
+    return {"format": FORMAT, "version": VERSION, "type": layer_type(type(model)), "config": model.get_config()}
+
+
+def _is_sequential(cls, config) -> bool:
+    """Sequential (or a subclass keeping its config): built from the list of its layers."""
+    return issubclass(cls, Layer.registry["Sequential"]) and isinstance(config, dict) and set(config) == {"layers"}
+
+
+def check_rebuildable(model, where: str = "save") -> None:
+    """Refuse, before anything is written, a model that load could not rebuild.
+
+    Every layer's ``get_config()`` must be JSON and must be accepted by its
+    class's constructor (``type(layer)(**config)``); a user layer whose
+    constructor takes arguments must define ``get_config``.  The error names
+    the layer and what to add.
+    """
+    config = model.get_config()
+    if _is_sequential(type(model), config):
+        for i, layer in enumerate(model.layers):
+            check_rebuildable(layer, f"{where}: layer {i}")
+        return
+    name = type(model).__qualname__
+    try:
+        json.dumps(config, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"{where}: {name}.get_config() must return JSON values (int, float, str, bool, None, lists, dicts): {exc}"[:295]
+        ) from None
+    try:
+        inspect.signature(type(model)).bind(**config)
+    except TypeError as exc:
+        raise TypeError(
+            f"{where}: {name}(**get_config()) would fail ({exc}); define {name}.get_config() returning "
+            f"{{**super().get_config(), ...}} with every constructor argument, e.g. {{'n': self.n}}"[:295]
+        ) from None
 
 
 def save(model, path) -> None:
@@ -40,6 +76,7 @@ def save(model, path) -> None:
     if not isinstance(model, Layer):
         raise TypeError(f"save: model must be a fastgrad Layer or Sequential, got {type(model).__name__}")
     path = os.fspath(path)
+    check_rebuildable(model)
     arrays = {_PARAM_PREFIX + name: np.ascontiguousarray(arr) for name, arr in model.params.items()}
     arrays[_ARCH_KEY] = np.array(json.dumps(_describe_model(model)))
     _write_atomic(path, arrays, "save")
@@ -109,15 +146,51 @@ def _read(path) -> tuple[dict, dict]:
     return arch, params
 
 
+def layer_class(kind, where: str = "load") -> type:
+    """The class a file's type name denotes, or ModelFileError.
+
+    A short name is a built-in layer (:attr:`Layer.registry`).  ``module:qualname``
+    is a user class, looked up only in modules already imported: a file never
+    makes fastgrad import anything, so the error says which module to import.
+    """
+    if not isinstance(kind, str) or len(kind) > 300:
+        raise ModelFileError(f"{where}: unknown layer type {str(kind)[:60]!r}")
+    if ":" not in kind:
+        if kind not in Layer.registry:
+            raise ModelFileError(f"{where}: unknown layer type {kind!r}")
+        return Layer.registry[kind]
+    module_name, _, qualname = kind.partition(":")
+    parts = qualname.split(".")
+    if "<locals>" in parts:
+        raise ModelFileError(
+            f"{where}: layer class {kind!r} was defined inside a function, so load cannot find it; define it at module "
+            "level, or build the model yourself and call fastgrad.load_weights"
+        )
+    if not all(p.isidentifier() for p in module_name.split(".") + parts):
+        raise ModelFileError(f"{where}: unknown layer type {kind!r}")
+    module = sys.modules.get(module_name)
+    if module is None:
+        raise ModelFileError(
+            f"{where}: layer class {qualname} comes from module {module_name}, which is not imported; "
+            f"import {module_name} before loading (fastgrad never imports a module named in a file)"
+        )
+    found = module
+    for part in parts:
+        # the class's own namespace only: no module __getattr__ (which may import) runs
+        found = vars(found).get(part) if hasattr(found, "__dict__") else None
+    # the class itself, under its own name (not an alias, not a fastgrad internal reached by a path)
+    if not (isinstance(found, type) and issubclass(found, Layer)) or is_builtin(found) or layer_type(found) != kind:
+        raise ModelFileError(f"{where}: module {module_name} has no user Layer class {qualname!r}")
+    return found
+
+
 def build(kind: str, config: dict, where: str = "load"):
     """Construct a layer (or Sequential) from its type name and get_config() dict."""
-    if not isinstance(kind, str) or kind not in Layer.registry:
-        raise ModelFileError(f"{where}: unknown layer type {kind!r}")
+    cls = layer_class(kind, where)
     if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
         raise ModelFileError(f"{where}: config of {kind} must be an object with string keys")
-    cls = Layer.registry[kind]
     try:
-        if kind == "Sequential":
+        if cls is Layer.registry["Sequential"] or _is_sequential(cls, config):
             layers = config.get("layers")
             if not isinstance(layers, list) or set(config) != {"layers"}:
                 raise ModelFileError(f"{where}: Sequential config must be {{'layers': [...]}}")

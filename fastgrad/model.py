@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from ._checks import as_array, positive_int
-from .layers.base import Layer
+from .layers.base import Layer, layer_type
 from .losses import CrossEntropyLoss, Loss
 
 
@@ -65,7 +65,7 @@ class Sequential(Layer):
             layer.zero_grad()
 
     def get_config(self):
-        return {"layers": [{"type": type(layer).__name__, "config": layer.get_config()} for layer in self.layers]}
+        return {"layers": [{"type": layer_type(type(layer)), "config": layer.get_config()} for layer in self.layers]}
 
     def output_shape(self, input_shape):
         for layer in self.layers:

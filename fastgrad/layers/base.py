@@ -11,6 +11,32 @@ A layer owns
 gradient with respect to the input.  ``get_config()`` returns the JSON-able
 constructor arguments, so ``type(layer)(**layer.get_config())`` builds the same
 architecture (that is how :mod:`fastgrad.io` saves models without pickle).
+
+Writing your own layer (``docs/custom-layers.md`` walks through one)::
+
+    class Scale(fg.Layer):                     # y_sk = g_k x_sk
+
+        def __init__(self, n, dtype=np.float32):
+            super().__init__(dtype)            # params, grads, dtype
+            self.n = n
+            self.add_param("g", np.ones(n))    # params["g"] in the layer's dtype, grads["g"] zeros
+
+        def forward(self, x):
+            x = np.asarray(x, dtype=self.dtype)
+            self.x = x                         # what backward needs
+            return x * self.params["g"]
+
+        def backward(self, dy):
+            self.grads["g"] += np.sum(dy * self.x, axis=0)   # accumulate, never assign
+            return dy * self.params["g"]                     # dL/dx
+
+        def get_config(self):                  # optional: needed by fg.save / fg.load
+            return {**super().get_config(), "n": self.n}
+
+Such a layer trains inside ``Sequential``, passes ``fg.gradcheck`` and saves
+and loads.  Built-in layers are named in model files by their class name
+(``"Dense"``); every other class by ``"module:qualname"`` (``"mylayers:Scale"``),
+so a user class named ``Dense`` never replaces :class:`fastgrad.Dense`.
 """
 
 from __future__ import annotations
@@ -23,11 +49,17 @@ from .._checks import as_array, check_alloc, float_dtype
 class Layer:
     """Base class: params/grads dicts, zero_grad, config, input conversion."""
 
-    #: every concrete layer class by name, for loading saved architectures
+    #: the built-in layer classes by their short name, as model files name them
+    #: (user classes are named ``module:qualname`` instead, see :func:`layer_type`)
     registry: dict[str, type] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        if not is_builtin(cls) or cls.__name__.startswith("_"):
+            return  # user classes and private bases (_ConvND, _Pool, ...) are not registered
+        known = Layer.registry.get(cls.__name__)
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"Layer: two built-in layers named {cls.__name__} ({known.__module__} and {cls.__module__})")
         Layer.registry[cls.__name__] = cls
 
     def __init__(self, dtype=np.float32):
@@ -40,11 +72,13 @@ class Layer:
     def __call__(self, x, *args, **kwargs):
         return self.forward(x, *args, **kwargs)
 
-    def forward(self, x):  # pragma: no cover - every subclass overrides
-        raise NotImplementedError(f"{type(self).__name__}.forward")
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__}.forward: a Layer subclass must define forward(x) -> y")
 
-    def backward(self, dy):  # pragma: no cover - every subclass overrides
-        raise NotImplementedError(f"{type(self).__name__}.backward")
+    def backward(self, dy):
+        raise NotImplementedError(
+            f"{type(self).__name__}.backward: a Layer subclass must define backward(dy) -> dL/dx (accumulating into self.grads)"
+        )
 
     def zero_grad(self) -> None:
         for g in self.grads.values():
@@ -69,10 +103,30 @@ class Layer:
     def _where(self, method: str) -> str:
         return f"{type(self).__name__}.{method}"
 
-    def _add_param(self, name: str, value: np.ndarray) -> None:
-        value = np.ascontiguousarray(value, dtype=self.dtype)
+    def add_param(self, name: str, value) -> None:
+        """Register a trainable parameter: ``params[name]`` = value in the layer's dtype, ``grads[name]`` = zeros.
+
+        The layer takes the array as its parameter, like ``torch.nn.Parameter``:
+        it is converted to a C-contiguous array of ``self.dtype`` (a copy only
+        when that needs one, so a large initial value is never held twice) and
+        trained in place from then on; read it as ``self.params[name]``.  Float
+        arrays only (ints are refused, never truncated).  Names are unique within
+        the layer and contain no "." (Sequential names its parameters
+        ``"<index>.<name>"``).
+        """
+        where = self._where("add_param")
+        if not isinstance(vars(self).get("params"), dict) or not isinstance(vars(self).get("grads"), dict):
+            raise TypeError(f"{where}: call super().__init__(dtype) at the start of {type(self).__name__}.__init__")
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"{where}: name must be a non-empty string without '.', got {name!r}"[:290])
+        if name in self.params:
+            raise ValueError(f"{where}: a parameter named {name!r} is already registered")
+        value = as_array(value, name, where, dtype=self.dtype, check_finite=False)
         self.params[name] = value
         self.grads[name] = np.zeros_like(value)
+
+    # the built-in layers' historical spelling; add_param is the documented name
+    _add_param = add_param
 
     def _input(self, x, method: str = "forward", name: str = "x", ndim=None) -> np.ndarray:
         """x as a C-contiguous array in the layer's dtype (float64 -> float32 is converted).
@@ -97,6 +151,23 @@ class Layer:
         if dy.shape != tuple(shape):
             raise ValueError(f"{self._where(method)}: {name} must have shape {tuple(shape)} (the forward output), got {dy.shape}")
         return dy
+
+
+def is_builtin(cls: type) -> bool:
+    """True for classes defined inside the fastgrad package."""
+    return cls.__module__ == "fastgrad" or cls.__module__.startswith("fastgrad.")
+
+
+def layer_type(cls: type) -> str:
+    """The name model files give a layer class.
+
+    Built-in layers keep their short name (``"Dense"``, ``"Sequential"``), as
+    in every file written so far; any other class is ``"module:qualname"``
+    (``"mylayers:RMSNorm"``), so it can never be confused with a built-in.
+    """
+    if Layer.registry.get(cls.__name__) is cls:
+        return cls.__name__
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def check_param_sizes(where: str, dtype, shapes: dict) -> None:
