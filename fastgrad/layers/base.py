@@ -125,9 +125,6 @@ class Layer:
         self.params[name] = value
         self.grads[name] = np.zeros_like(value)
 
-    # the built-in layers' historical spelling; add_param is the documented name
-    _add_param = add_param
-
     def _input(self, x, method: str = "forward", name: str = "x", ndim=None) -> np.ndarray:
         """x as a C-contiguous array in the layer's dtype (float64 -> float32 is converted).
 

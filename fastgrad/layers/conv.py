@@ -71,7 +71,7 @@ class _ConvND(Layer):
         check_param_sizes(where, self.dtype, shapes)
         rng = np.random.default_rng(seed)
         for name, shape in shapes.items():
-            self._add_param(name, uniform_init(rng, shape, fan_in, self.dtype))
+            self.add_param(name, uniform_init(rng, shape, fan_in, self.dtype))
 
     def forward(self, x):
         where = self._where("forward")

@@ -36,9 +36,9 @@ class Dense(Layer):
             shapes["b"] = (self.out_features,)
         check_param_sizes(where, self.dtype, shapes)
         rng = np.random.default_rng(seed)
-        self._add_param("W", uniform_init(rng, (self.out_features, self.in_features), self.in_features, self.dtype))
+        self.add_param("W", uniform_init(rng, (self.out_features, self.in_features), self.in_features, self.dtype))
         if self.bias:
-            self._add_param("b", uniform_init(rng, (self.out_features,), self.in_features, self.dtype))
+            self.add_param("b", uniform_init(rng, (self.out_features,), self.in_features, self.dtype))
 
     def forward(self, x):
         x = self._input(x, ndim=2)

@@ -92,7 +92,7 @@ class LSTM(Layer):
             value = uniform_init(rng, shape, H, self.dtype)
             if name.startswith("b_"):
                 value[0] = self.forget_bias
-            self._add_param(name, value)
+            self.add_param(name, value)
 
     @property
     def num_directions(self) -> int:
