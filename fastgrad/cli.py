@@ -18,71 +18,17 @@ import time
 import numpy as np
 
 
-def _rng_x(shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape)
-
-
-def check_cases():
-    """(label, layer, input) for each layer type: small float64 problems away from kinks."""
-    import fastgrad as fg
-
-    cases = []
-    for act in fg.ACTIVATIONS:
-        cases.append((f"Dense[{act}]", fg.Dense(5, 4, act, dtype=np.float64, seed=1), _rng_x((3, 5))))
-    cases += [
-        ("Dense[no bias]", fg.Dense(5, 4, bias=False, dtype=np.float64, seed=2), _rng_x((3, 5))),
-        ("Activation[gelu]", fg.Activation("gelu"), _rng_x((3, 4))),
-        ("Softmax", fg.Softmax(), _rng_x((3, 6))),
-        ("Softmax[axis=0]", fg.Softmax(axis=0), _rng_x((4, 3))),
-        ("LogSoftmax", fg.LogSoftmax(), _rng_x((3, 6))),
-        ("Flatten", fg.Flatten(), _rng_x((2, 3, 2))),
-        ("Conv1D[stride 2, same]", fg.Conv1D(2, 3, 3, stride=2, padding="same", activation="tanh", dtype=np.float64, seed=6),
-         _rng_x((2, 2, 7))),
-        ("Conv2D[dilation, groups]", fg.Conv2D(4, 4, 3, padding=1, dilation=2, groups=2, activation="elu", dtype=np.float64, seed=7),
-         _rng_x((2, 4, 6, 5))),
-        ("Conv2D[untied bias]", fg.Conv2D(2, 3, (2, 3), stride=(1, 2), bias="untied", input_size=(5, 6), dtype=np.float64, seed=8),
-         _rng_x((2, 2, 5, 6))),
-        ("MaxPool2D", fg.MaxPool2D(2), _rng_x((2, 3, 4, 4))),
-        ("AvgPool1D[pad]", fg.AvgPool1D(3, stride=2, padding=1), _rng_x((2, 3, 7))),
-        (
-            "Sequential[CNN]",
-            fg.Sequential(
-                fg.Conv2D(1, 3, 3, padding="same", activation="relu", dtype=np.float64, seed=9),
-                fg.MaxPool2D(2),
-                fg.Flatten(),
-                fg.Dense(12, 4, dtype=np.float64, seed=10),
-            ),
-            _rng_x((2, 1, 4, 4)) + 0.05,
-        ),
-        ("LSTM", fg.LSTM(3, 4, dtype=np.float64, seed=11), _rng_x((5, 2, 3))),
-        ("LSTM[2 layers, bidir]", fg.LSTM(3, 3, num_layers=2, bidirectional=True, dtype=np.float64, seed=12), _rng_x((4, 2, 3))),
-        (
-            "LSTM[gelu gates, last h]",
-            fg.LSTM(3, 4, return_sequences=False, activations={"n": "gelu", "h": "softplus"}, dtype=np.float64, seed=13),
-            _rng_x((6, 2, 3)),
-        ),
-        (
-            "Sequential[MLP]",
-            fg.Sequential(
-                fg.Dense(6, 8, "tanh", dtype=np.float64, seed=3),
-                fg.Dense(8, 5, "silu", dtype=np.float64, seed=4),
-                fg.Dense(5, 3, dtype=np.float64, seed=5),
-                fg.Softmax(),
-            ),
-            _rng_x((4, 6)),
-        ),
-    ]
-    return cases
-
-
 def run_checks(out=sys.stdout) -> bool:
     """Print the table of worst errors; True when every layer passes."""
     import fastgrad as fg
 
+    from .cases import LAYER_CASES
+
     print(f"{'layer':<24}{'tensors':>8}{'points':>8}{'max abs err':>14}{'max rel err':>14}  result", file=out)
     all_ok = True
-    for label, layer, x in check_cases():
-        report = fg.gradcheck(layer, x, raise_on_failure=False)
+    for case in LAYER_CASES:
+        label = case.label
+        report = fg.gradcheck(case.layer(np.float64), case.input(), raise_on_failure=False)
         points = sum(r.checked for r in report.rows)
         ok = report.ok
         all_ok &= ok
