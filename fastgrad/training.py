@@ -302,10 +302,12 @@ def train(
         raise TypeError(f"{where}: augment must be a function (x, y, rng) -> (x, y), got {type(augment).__name__}")
     callbacks = _check_callbacks(callbacks, where)
     _check_optimizer_covers(model, optimizer, where)
-    seed = replicas.common(initial_seed()) if seed is None else check_seed(seed, where)
+    seed = None if seed is None else check_seed(seed, where)
     n = int(x.shape[0])
     setup = (n, epochs, batch_size, bool(shuffle), seed, clip_norm, validation_data is not None, initial_epoch, augment is not None)
     replicas.agree(setup, "(n_samples, epochs, batch_size, shuffle, seed, clip_norm, validation, initial_epoch, augment)", where)
+    if seed is None:  # every rank takes this branch (agreed above) and rank 0's default seed
+        seed = replicas.common(initial_seed())
     replicas.broadcast(model)
     backward = getattr(model, "backward_params", model.backward)
     context = FitContext(model, optimizer, loss, epochs, initial_epoch, seed, replicas, callbacks, history)

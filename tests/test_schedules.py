@@ -124,9 +124,8 @@ def _plateau_reference(metrics, mode="min", factor=0.1, patience=10, threshold=1
     return rates
 
 
-@pytest.mark.parametrize("name", sorted(PLATEAU))
-def test_reduce_on_plateau_follows_the_documented_rule(name):
-    kwargs = PLATEAU[name]
+def _plateau_rates(kwargs):
+    """(metrics, the lr of each epoch) for fastgrad's ReduceLROnPlateau stepped with METRIC (negated in max mode)."""
     metrics = METRIC if kwargs.get("mode") != "max" else [-m for m in METRIC]
     opt = _opt()
     sched = fg.ReduceLROnPlateau(opt, **kwargs)
@@ -134,22 +133,21 @@ def test_reduce_on_plateau_follows_the_documented_rule(name):
     for m in metrics:
         rates.append(opt.lr)
         sched.step(m)
-    assert rates == _plateau_reference(metrics, **kwargs)
+    return metrics, rates
+
+
+@pytest.mark.parametrize("name", sorted(PLATEAU))
+def test_reduce_on_plateau_follows_the_documented_rule(name):
+    metrics, rates = _plateau_rates(PLATEAU[name])
+    assert rates == _plateau_reference(metrics, **PLATEAU[name])
     assert len(set(rates)) > 1, "the case must reduce the rate at least once"
 
 
 @pytest.mark.parametrize("name", sorted(PLATEAU))
 def test_reduce_on_plateau_is_pytorchs_sequence(name):
     torch = pytest.importorskip("torch")
-    kwargs = PLATEAU[name]
-    metrics = METRIC if kwargs.get("mode") != "max" else [-m for m in METRIC]
-    opt = _opt()
-    sched = fg.ReduceLROnPlateau(opt, **kwargs)
-    rates = []
-    for m in metrics:
-        rates.append(opt.lr)
-        sched.step(m)
-    assert rates == _torch_rates(torch, lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, **kwargs), len(metrics), metrics)
+    metrics, rates = _plateau_rates(PLATEAU[name])
+    assert rates == _torch_rates(torch, lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, **PLATEAU[name]), len(metrics), metrics)
 
 
 def test_plateau_defaults_are_pytorchs():

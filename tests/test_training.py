@@ -112,6 +112,19 @@ def test_rng_state_round_trip_and_refusals():
         fg.Dense(2, 2, seed="zero")
 
 
+def test_loading_does_not_advance_the_default_generator(tmp_path):
+    model = _mlp(seed=0)
+    fg.save(model, tmp_path / "m.npz")
+    fg.save_checkpoint(tmp_path / "c.npz", model, None, 0)
+    fg.manual_seed(11)
+    loaded = [fg.load(tmp_path / "m.npz"), fg.load_checkpoint(tmp_path / "c.npz").model]  # both build seed=None layers
+    after = fg.default_generator().random(3)
+    fg.manual_seed(11)
+    np.testing.assert_array_equal(after, fg.default_generator().random(3))
+    for m in loaded:
+        _assert_same(m.params, model.params)
+
+
 def test_fit_shuffles_with_the_manual_seed_and_epoch_order_depends_on_seed_and_epoch_only():
     x, y = _data()
     fg.manual_seed(5)
