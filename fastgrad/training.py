@@ -212,8 +212,8 @@ class LocalReplicas:
     world = 1
 
     def __init__(self, optimizer, where="fit"):
-        if not (callable(getattr(optimizer, "step", None)) and hasattr(optimizer, "model")):
-            raise TypeError(f"{where}: optimizer must be a fastgrad optimizer (SGD, Adam), got {type(optimizer).__name__}")
+        if not callable(getattr(optimizer, "step", None)):
+            raise TypeError(f"{where}: optimizer must have a step() method, got {type(optimizer).__name__}")
         self.optimizer = optimizer
         self._no_guard = contextlib.nullcontext()
 
@@ -245,7 +245,9 @@ class LocalReplicas:
 
 
 def _check_optimizer_covers(model, optimizer, where) -> None:
-    """Every parameter the optimizer trains must be one of the model's arrays."""
+    """Every parameter the optimizer trains must be one of the model's arrays (checked for fastgrad optimizers)."""
+    if not hasattr(optimizer, "model"):
+        return
     mine = {id(p) for p in model.params.values()}
     if any(id(p) not in mine for _, p, _ in named_parameters(optimizer.model, trainable_only=False)):
         raise ValueError(f"{where}: the optimizer was built for a different model")
@@ -310,6 +312,8 @@ def train(
         seed = replicas.common(initial_seed())
     replicas.broadcast(model)
     backward = getattr(model, "backward_params", model.backward)
+    # fastgrad optimizers expose the gradients they train; a duck-typed one gets the whole model's clipped
+    clip_target = optimizer if hasattr(optimizer, "grads") else model
     context = FitContext(model, optimizer, loss, epochs, initial_epoch, seed, replicas, callbacks, history)
     for cb in callbacks:
         if hasattr(cb, "set_context"):
@@ -319,7 +323,7 @@ def train(
     orders = None if augment is not None else epoch_orders(n, seed, shuffle, initial_epoch)
     for epoch in range(initial_epoch, epochs):
         start = time.perf_counter()
-        lr = float(optimizer.lr)
+        lr = getattr(optimizer, "lr", None)
         if augment is None:
             xe, ye, order = x, y, next(orders)
         else:
@@ -350,7 +354,7 @@ def train(
                     f"{where}: loss is {step_loss} at epoch {epoch + 1}, batch {b + 1}; lower the learning rate or check the data"
                 )
             if clip_norm is not None:
-                norm = clip_grad_norm(optimizer, clip_norm)
+                norm = clip_grad_norm(clip_target, clip_norm)
                 if not math.isfinite(norm):
                     raise FloatingPointError(f"{where}: gradient norm is {norm} at epoch {epoch + 1}, batch {b + 1}")
             replicas.step()
@@ -368,7 +372,8 @@ def train(
                 history["val_accuracy"].append(va)
         history["time"].append(time.perf_counter() - start)
         logs = {k: v[-1] for k, v in history.items()}
-        logs["lr"] = lr
+        if lr is not None:
+            logs["lr"] = float(lr)
         bar.end_epoch(epoch, {k: v for k, v in logs.items() if k != "time"}, logs["time"])
         if _call(callbacks, "on_epoch_end", epoch, logs, model):
             break

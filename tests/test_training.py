@@ -549,6 +549,26 @@ def test_fit_clips_over_the_optimizers_parameters_only():
     np.testing.assert_array_equal(a.layers[0].params["W"], b.layers[0].params["W"])
 
 
+def test_fit_still_takes_a_duck_typed_optimizer():
+    class Plain:
+        """Only step(): fit clips the whole model's gradients for it and logs no lr."""
+
+        def __init__(self, model):
+            self.net = model
+
+        def step(self):
+            for name, p in self.net.params.items():
+                p -= 0.1 * self.net.grads[name]
+
+    x, y = _data()
+    a, b = _mlp(seed=0), _mlp(seed=0)
+    rec = Recorder()
+    a.fit(x, y, fg.CrossEntropyLoss(), Plain(a), epochs=2, batch_size=16, progress=False, clip_norm=0.5, callbacks=[rec])
+    b.fit(x, y, fg.CrossEntropyLoss(), fg.SGD(b, 0.1), epochs=2, batch_size=16, progress=False, clip_norm=0.5)
+    _assert_same(a.params, b.params)
+    assert "lr" not in rec.calls[1][2]
+
+
 def test_fit_refuses_an_optimizer_of_another_model():
     x, y = _data()
     with pytest.raises(ValueError, match="Sequential.fit: the optimizer was built for a different model"):
