@@ -388,9 +388,10 @@ OPS = {op.name: op for op in (DENSE, CONV, POOL, LSTM, SOFTMAX)}
 def display_path(file) -> str:
     """``fastgrad/...`` for fastgrad's own files, relative to the working directory when below it, else absolute."""
     file = Path(file).resolve()
-    for root in (PACKAGE_ROOT, Path.cwd().resolve()):
-        if file.is_relative_to(root):
-            return file.relative_to(root).as_posix()
+    if file.is_relative_to(PACKAGE_ROOT / "fastgrad"):
+        return file.relative_to(PACKAGE_ROOT).as_posix()
+    if file.is_relative_to(Path.cwd().resolve()):
+        return file.relative_to(Path.cwd().resolve()).as_posix()
     return file.as_posix()
 
 

@@ -243,3 +243,11 @@ def test_no_check_needs_no_instance(user_module, capsys):
     out = capsys.readouterr().out
     assert "def forward(self, x):" in out and "gradient check" not in out
     assert_rows_are_the_source(out)
+
+
+def test_paths_of_user_files_are_relative_to_the_working_directory(user_module, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["explain", f"{user_module}:Scale", "--no-check"]) == 0
+    rows = assert_rows_are_the_source(capsys.readouterr().out, cwd=tmp_path)
+    assert {r["path"] for r in rows} == {f"{user_module}.py"}
+    assert explain.display_path(ROOT / "fastgrad" / "kernels" / "dense.py") == "fastgrad/kernels/dense.py"
