@@ -6,6 +6,9 @@ Subcommands::
     python -m fastgrad check           gradient-check table (worst error per layer type)
     python -m fastgrad train [MODEL]   train mlp (default), cnn, lstm or charlm on offline data
     python -m fastgrad info            versions, threads, threading layer, cache
+    python -m fastgrad explain OP      the cheat sheet's equations of OP (dense, conv, pool, lstm,
+                                       softmax, or module:Class for your own layer), the kernel
+                                       lines under each (path:line), then a gradient check
     python -m fastgrad bench [ARGS]    the benchmark suite (python -m benchmarks ARGS)
 """
 
@@ -86,6 +89,19 @@ def _bench(args) -> int:
     return bench_main(args)
 
 
+def _explain(args) -> int:
+    """Print the explanation; 1 when a gradient check fails, 2 (one line on stderr) for a request explain cannot serve."""
+    from .explain import ExplainError, explanation
+
+    try:
+        result = explanation(args.op, check=not args.no_check, args=args.args, input_shape=args.input_shape)
+    except ExplainError as exc:
+        print(f"python -m fastgrad {exc}", file=sys.stderr)
+        return 2
+    print(result.text)
+    return 0 if result.ok else 1
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
@@ -100,6 +116,16 @@ def main(argv=None) -> int:
     train.add_argument("--epochs", type=int, default=None)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser("info", help="show versions and configuration")
+    explain = sub.add_parser(
+        "explain",
+        help="an op's equations, the kernel lines that implement them, a gradient check",
+        description="The cheat sheet's equations of OP, under each the kernel path:line and the lines that "
+        "implement it (read from the source), then the gradient-check table of a tiny float64 instance.",
+    )
+    explain.add_argument("op", help="dense, conv, pool, lstm, softmax, or module:Class for your own fg.Layer subclass")
+    explain.add_argument("--args", default=None, help="module:Class only: constructor arguments as a JSON object, e.g. '{\"n\": 8}'")
+    explain.add_argument("--input-shape", default=None, help="module:Class only: shape of the random input of the check, e.g. 4,8")
+    explain.add_argument("--no-check", action="store_true", help="skip the gradient check (nothing is compiled)")
     sub.add_parser("bench", help="run the benchmarks (python -m benchmarks ARGS)")
     args = parser.parse_args(argv)
 
@@ -108,6 +134,8 @@ def main(argv=None) -> int:
 
         show_config()
         return 0
+    if args.command == "explain":
+        return _explain(args)
     if args.command == "check":
         return 0 if run_checks() else 1
     if args.command == "train":
