@@ -149,6 +149,17 @@ def environment_lines() -> list:
     ]
 
 
+def _core_text() -> str:
+    """The register tile and cache blocks the product core uses for each dtype."""
+    from .kernels import products
+
+    parts = []
+    for dt in ("float32", "float64"):
+        kc, mc, nc = products.cache_blocks(dt)
+        parts.append(f"{dt} tile {products.MR} x {products.nr_of(dt)}, KC {kc} MC {mc} NC {nc}")
+    return "; ".join(parts)
+
+
 def config_text() -> str:
     from . import __version__
 
@@ -163,6 +174,7 @@ def config_text() -> str:
         ("vector isa", f"{info['isa']}{' + fma' if info['fma'] else ''}, {info['vector_bits']}-bit "
                        f"({lanes['float32']} float32 / {lanes['float64']} float64 lanes)"),
         ("caches", ", ".join(f"{k} {v // 1024} KiB" for k, v in info["caches"].items())),
+        ("product core", _core_text()),
         ("threads", f"{get_num_threads()} of {numba.config.NUMBA_NUM_THREADS}"),
         ("threading layer", _threading_layer()),
     ]

@@ -18,7 +18,7 @@ them.  Every name must exist and every anchor must match at least one line of
 its function's code (docstrings excluded), otherwise :class:`AnchorError` is
 raised: a kernel edit that removes an anchored line fails the tests
 (``tests/test_explain.py``) instead of silently printing less.  Anchors point
-at the plain index-form loops (``products.dot_rows_reference``, the general
+at the plain index-form loops (``dense.dense_reference``, ``products.matmul_reference``, the general
 convolution kernels, the LSTM cell), which read like the cheat sheet.
 """
 
@@ -117,12 +117,12 @@ class Explanation(NamedTuple):
 
 # -- the table -------------------------------------------------------------------------
 # Anchors are substrings of code lines; the loop and branch headers around a
-# matched line are shown with it.  dot_rows_reference is the plain loop of the one product every dense
-# and LSTM pass runs (blocked and tiled in the fast kernels), so the gradients
-# that are products name it with their arguments substituted.
+# matched line are shown with it.  matmul_reference is the plain loop of the product core every
+# dense and LSTM product runs through (packed and register-tiled in the fast kernels), so the
+# gradients that are products name it with their arguments substituted.
 
-_DOT = "products.dot_rows_reference"
-_DOT_LINE = ("acc += W[k, j] * x[s, j]",)
+_DOT = "products.matmul_reference"
+_DOT_LINE = ("acc += a.data[i * a.rs + p * a.cs] * b.data[p * b.rs + j * b.cs]",)
 
 
 def _dense_cases(rng):
@@ -164,17 +164,20 @@ DENSE = Op(
     "x (N, n) input, one sample s per row; W (m, n) weights; b (m,) bias; σ the activation",
     ("dense.dense_forward", "activations.activation_backward", "dense.dense_backward"),
     (
-        Equation(("z_k = b_k + Σ_j w_kj · x_j",), (Source(_DOT, _DOT_LINE), Source("products.store", ("z[s, k] = acc + b[k]",)))),
+        Equation(("z_k = b_k + Σ_j w_kj · x_j",), (Source("dense.dense_reference", ("acc += W[k, j] * x[s, j]", "z[s, k] = b[k] + acc")),)),
         Equation(("y_k = σ(z_k)",), (Source("dense.dense_forward", ("y[s, k] = act(z[s, k], code)",)),)),
         Equation(("∂L/∂z_k = ∂L/∂y_k · σ'(z_k)",), (Source("activations.activation_backward", ("dz[k] += dy[k] * dact(z[k], code)",)),)),
-        Equation(("∂L/∂b_k = ∂L/∂z_k                 (summed over the batch)",), (Source("dense.dense_backward", ("db[k] += dz[s, k]",)),)),
+        Equation(
+            ("∂L/∂b_k = ∂L/∂z_k                 (summed over the batch)",),
+            (Source("dense.dense_backward", ("acc += dz[s, k]", "db[k] += acc")),),
+        ),
         Equation(
             ("∂L/∂w_kj = ∂L/∂z_k · x_j           (summed over the batch)",),
-            (Source(_DOT, _DOT_LINE, "with z = dW, x = (dL/dz)ᵀ, W = xᵀ: dW[k, j] += Σ_s dL/dz[s, k] x[s, j]"),),
+            (Source(_DOT, _DOT_LINE, "with C = dW, A = (dL/dz)ᵀ, B = x: dW[k, j] += Σ_s dL/dz[s, k] x[s, j]"),),
         ),
         Equation(
             ("∂L/∂x_j = Σ_k ∂L/∂z_k · w_kj",),
-            (Source(_DOT, _DOT_LINE, "with z = dx, x = dL/dz, W = Wᵀ: dx[s, j] += Σ_k dL/dz[s, k] W[k, j]"),),
+            (Source(_DOT, _DOT_LINE, "with C = dx, A = dL/dz, B = W: dx[s, j] += Σ_k dL/dz[s, k] W[k, j]"),),
         ),
     ),
     _dense_cases,
@@ -297,7 +300,7 @@ LSTM = Op(
                 "n_t = σ_n(W_c · [h_{t−1}, x_t] + b_c)",
             ),
             (
-                Source(_DOT, _DOT_LINE, f"the pre-activations z = b + W · [h_{{t−1}}, x_t]: {_GATES}"),
+                Source(_DOT, _DOT_LINE, f"the pre-activations z = b + W · [h_{{t−1}}, x_t] (C = z, A = [h, x], B = Wᵀ): {_GATES}"),
                 Source("lstm.cell_step", ("act_row(a[t, n, g], saved.z[t, n, g], codes[g])",)),
             ),
         ),
@@ -339,12 +342,12 @@ LSTM = Op(
         ),
         Equation(
             ("∂L/∂W_g[k, j] = Σ_t ∂L/∂z_g[k] · [h_{t−1}, x_t][j]     (the dense rule, summed over steps and sequences)",),
-            (Source(_DOT, _DOT_LINE, "with z = dW, x = (dL/dz)ᵀ, W = [h_{t−1}, x_t]ᵀ over the valid steps"),),
+            (Source(_DOT, _DOT_LINE, "with C = dW, A = (dL/dz)ᵀ, B = [h_{t−1}, x_t] over all steps (dL/dz is 0 at padded ones)"),),
             False,
         ),
         Equation(
             ("∂L/∂[h_{t−1}, x_t][j] = Σ_g Σ_k ∂L/∂z_g[k] · W_g[k, j]   (all four gates; the h half flows back to step t−1)",),
-            (Source(_DOT, _DOT_LINE, "with z = d[h, x], x = dL/dz, W = Wᵀ"),),
+            (Source(_DOT, _DOT_LINE, "with C = d[h, x], A = dL/dz, B = W"),),
             False,
         ),
     ),

@@ -11,7 +11,8 @@ from .._checks import activation_code, as_array, check_alloc, check_shape
 from .._workspace import scratch
 from ..kernels import activations as kact
 from ..kernels import dense as kdense
-from .common import EMPTY1, EMPTY2, grad_buffer, same_dtype, unpack_grads, upstream
+from ..kernels import products
+from .common import EMPTY1, grad_buffer, same_dtype, unpack_grads, upstream
 
 
 class DenseCache(NamedTuple):
@@ -49,7 +50,9 @@ def dense_forward(x, W, b=None, activation="identity", *, check_finite=None):
     # identity: y is z, one array serves both (sigma' = 1 never reads z's values)
     y = np.empty((N, m), x.dtype) if code != 0 else z
     bias = EMPTY1[x.dtype] if b is None else b
-    _jit.pick(kdense.dense_forward, N * m * n)(y, z, x, W, bias, code)
+    plan = products.gemm_plan(N, m, n, x.dtype)
+    with scratch(x.dtype, *[(size,) for size in products.packed_sizes(plan, x.dtype)]) as (ap, bp):
+        _jit.pick(kdense.dense_forward, N * m * n)(y, z, x, W, bias, code, products.Packed(ap, bp), plan)
     return y, DenseCache(x, W, b, z, activation)
 
 
@@ -97,13 +100,12 @@ def _backward(dx, dW, db, dy, cache: DenseCache, check_finite, where):
     N, n = x.shape
     m = W.shape[0]
     code = activation_code(activation, where)
-    # scratch: dL/dz (unless sigma is the identity) and, for large shapes, the
-    # transposed copies that let both products run in dot form
-    dot = kdense.dot_form(N, n, m)
+    plans = (products.gemm_plan(N, n, m, x.dtype), products.gemm_plan(m, n, N, x.dtype))  # dx, dW
+    # scratch: dL/dz (unless sigma is the identity) and the packing buffers of both products
     shapes = [(N, m)] if code != 0 else []
-    shapes += [(m, N), (n, N), (n, m)] if dot else []
-    if shapes:
-        check_alloc(where, x.dtype, [("scratch", (sum(int(np.prod(s)) for s in shapes),))])
+    for plan in plans:
+        shapes += [(size,) for size in products.packed_sizes(plan, x.dtype)]
+    check_alloc(where, x.dtype, [("scratch", (sum(int(np.prod(s)) for s in shapes),))])
     with scratch(x.dtype, *shapes) as bufs:
         if code == 0:
             dz = dy  # identity: sigma' = 1
@@ -111,6 +113,6 @@ def _backward(dx, dW, db, dy, cache: DenseCache, check_finite, where):
             dz = bufs.pop(0)  # dL/dz = dy * sigma'(z), one element-wise pass (the kernel adds)
             dz.fill(0)
             _jit.pick(kact.activation_backward, 8 * dz.size)(dz.reshape(-1), dy.reshape(-1), z.reshape(-1), code)
-        transposed = bufs if dot else (EMPTY2[x.dtype],) * 3
         grads = kdense.DenseGrads(dx, dW, EMPTY1[x.dtype] if db is None else db)
-        _jit.pick(kdense.dense_backward, N * m * n)(grads, dz, x, W, kdense.DenseScratch(*transposed))
+        packed = (products.Packed(bufs[0], bufs[1]), products.Packed(bufs[2], bufs[3]))
+        _jit.pick(kdense.dense_backward, N * m * n)(grads, dz, x, W, *packed, *plans)

@@ -18,6 +18,7 @@ from .. import _jit
 from .._checks import activation_code, as_array, check_alloc, check_shape
 from .._workspace import scratch
 from ..kernels import lstm as klstm
+from ..kernels import products
 from .common import EMPTY3, grad_buffer, same_dtype, unpack_grads, upstream
 
 #: activation slots of the cheat sheet: sigma_f, sigma_i, sigma_o, sigma_n, sigma_h
@@ -28,7 +29,7 @@ LSTM_DEFAULT_ACTIVATIONS = {"f": "sigmoid", "i": "sigmoid", "o": "sigmoid", "n":
 class LSTMCache(NamedTuple):
     """What lstm_backward needs: the saved per-step tensors, the parameters and the options.
 
-    saved: kernels.lstm.LSTMSaved (hx, z, a, c, sh, WT); W, b as given;
+    saved: kernels.lstm.LSTMSaved (hx, z, a, c, sh); W, b as given;
     lengths (N,) int64; activations the full dict; codes (5,) int64 kernel codes.
     """
 
@@ -121,12 +122,16 @@ def lstm_forward(x, W, b, h0=None, c0=None, activations=None, lengths=None, *, c
         a=np.empty((T, N, 4, H), dt),
         c=np.empty((T + 1, N, H), dt),
         sh=np.empty((T, N, H), dt),
-        WT=np.empty((H + n_in, 4 * H), dt),
     )
     codes = np.array([activation_code(acts[g], where) for g in LSTM_GATES], np.int64)
     work = T * N * 4 * H * (H + n_in)
-    Wx = np.ascontiguousarray(W[:, :, H:]).reshape(4 * H, n_in)  # the input half, for a contiguous product
-    _jit.pick(klstm.lstm_forward, work)(out, saved, x, klstm.LSTMParams(W, Wx, b), h0, c0, lens, codes)
+    plan_proj = products.gemm_plan(T * N, 4 * H, n_in, dt)
+    plan_rec = products.gemm_plan(N, 4 * H, H, dt)
+    blocks = -(-N // products.MR)
+    sizes = [*products.packed_sizes(plan_proj, dt), blocks * products.MR * H, products.packed_sizes(plan_rec, dt)[1]]
+    with scratch(dt, *[(size,) for size in sizes]) as bufs:
+        inputs = klstm.LSTMInputs(x, h0, c0, lens, codes)
+        _jit.pick(klstm.lstm_forward, work)(out, saved, inputs, W, b, klstm.LSTMBuffers(*bufs), plan_proj, plan_rec)
     return (out.y, (out.hT, out.cT)), LSTMCache(saved, W, b, lens, acts, codes)
 
 
@@ -182,15 +187,19 @@ def _backward(grads, dy, cache, dhT, dcT, check_finite, where):
     dy = EMPTY3[dt] if dy is None else upstream(dy, (T, N, H), dt, where, check_finite)
     dhT = np.zeros((N, H), dt) if dhT is None else upstream(dhT, (N, H), dt, where, check_finite, "dhT")
     dcT = np.zeros((N, H), dt) if dcT is None else upstream(dcT, (N, H), dt, where, check_finite, "dcT")
-    # the valid steps r = t N + n (t < lengths[n]) in increasing order: dW sums over them
-    r = np.arange(T * N, dtype=np.int64)
-    rows = r[r // N < lens[r % N]]
-    V = rows.shape[0]
     G = 4 * H
-    check_alloc(where, dt, [("scratch", (T * N * G + (G + H + n_in) * V + 2 * N * H,))])
-    work = 2 * T * N * G * (H + n_in)
-    with scratch(dt, (T, N, 4, H), (G, V), (H + n_in, V), (N, H), (N, H)) as (dz, dzT, hxT, dh, dc):
+    TN = T * N
+    plan_rec = products.gemm_plan(N, H, G, dt)
+    plan_dx = products.gemm_plan(TN, n_in, G, dt)
+    plan_dw = products.gemm_plan(G, H + n_in, TN, dt)
+    blocks = -(-N // products.MR)
+    shapes = [(T, N, 4, H), (N, H), (N, H)]
+    shapes += [(size,) for size in products.packed_sizes(plan_dx, dt) + products.packed_sizes(plan_dw, dt)]
+    shapes += [(blocks * products.MR * G,), (products.packed_sizes(plan_rec, dt)[1],), (blocks * products.MR * H,)]
+    check_alloc(where, dt, [("scratch", (sum(int(np.prod(s)) for s in shapes),))])
+    work = 2 * TN * G * (H + n_in)
+    with scratch(dt, *shapes) as bufs:
         _jit.pick(klstm.lstm_backward, work)(
-            klstm.LSTMGrads(*grads), klstm.LSTMScratch(dz, dzT, hxT, rows, dh, dc), klstm.LSTMUpstream(dy, dhT, dcT),
-            saved, lens, codes,
+            klstm.LSTMGrads(*grads), klstm.LSTMScratch(*bufs), klstm.LSTMUpstream(dy, dhT, dcT),
+            saved, W, lens, codes, plan_rec, plan_dx, plan_dw,
         )

@@ -23,27 +23,23 @@ Backward through time (BPTT), the cheat sheet's lines completed::
 dL/dh_t is the upstream gradient on the output h_t plus dL/dh_t flowing back
 from step t+1 (the last line above); the sum over g runs over all four gates.
 
-Parallel layout (race-free, bitwise identical at any thread count).  Every
-matrix product is a set of dot products over a contiguous index (the shared
-``kernels.products``); the gate and unit are merged, gk = g H + k.
+Every matrix product runs through the product core (``kernels.products``:
+packed panels, the MR x NR vector register tile, cache blocks from the CPU),
+with the gate and unit merged, gk = g H + k, W viewed as W2 (4H, H+I) and read
+through strides (no transposed copy).  Race-free and bitwise identical at any
+thread count:
 
 * input projection ``b + W[:, :, H:] . x_t`` for every (t, n) before the time
-  loop: one big product (``products.dot_rows``), parallel over chunks of rows
-  (t, n) that own the outputs;
-* the recurrence: time is serial inside each sequence, sequences are
-  independent, so the loop is parallel over blocks of 4 sequences with the
-  whole time loop inside (one parallel launch per call, not one per step);
-  each load of a W row feeds the 4 sequences of the block (``products.dot4x2``);
-* backward: dL/dh_{t-1} = dz . W^T uses WT (H+I, 4H), a transposed copy of W
-  made by the forward; dx after the recurrence, parallel over chunks of rows
-  (t, n); dW, db over the valid rows only, with dz and [h, x] transposed
-  (dzT (4H, V), hxT (H+I, V)) and multiplied by ``products.dot_rows``,
-  parallel over the chunks of rows gk that own them, each sum over (t, n) in
-  a fixed order.
-
-Measured (single-thread CPU time, forward + backward, vs. the per-sample loops
-this replaced): (T, N, I, H) = (50, 32, 32, 64) 19 -> 8.5 ms f32, 30 -> 18 ms
-f64; (100, 16, 128, 128) 73 -> 36 ms f32, 156 -> 61 ms f64.
+  loop: one product (TN, I) x (I, 4H), parallel over its tasks;
+* the recurrence ``z_t += h_{t-1} W[:, :, :H]^T``: time is serial inside each
+  sequence and sequences are independent, so the loop is parallel over blocks
+  of MR sequences with the whole time loop inside (one parallel launch per
+  call, no per-step barrier); W[:, :, :H]^T is packed once per call, h_{t-1}
+  of the block is packed per step and one micro-kernel row of tiles adds the
+  block's four gates;
+* backward: dL/dh_{t-1} = dz_t W[:, :, :H], the same way per block and step;
+  then dx = dz W[:, :, H:] and dW += dz^T [h, x], db over all (t, n) (dz is 0
+  at padded steps), as two products in one launch.
 
 ``lengths[n]`` (1 <= lengths[n] <= T) marks sequence n's real steps; padded
 steps t >= lengths[n] output 0, leave the state unchanged and get no gradient.
@@ -57,9 +53,26 @@ from typing import NamedTuple
 
 from numba import prange
 
-from .._jit import F2, F3, F4, I1, helper, kernel
+from .._jit import F1, F2, F3, F4, I1, helper, kernel
 from .activations import act_row, dact_from_output
-from .products import dot1, dot4x1, dot4x2, dot_rows, gather_transpose, tiling, transpose_block
+from .products import (
+    ADD,
+    MR,
+    STORE,
+    GemmPlan,
+    Operand,
+    Packed,
+    Tile,
+    gemm_task,
+    micro_kernel,
+    pack_a_panel,
+    pack_b_panel,
+    pack_count,
+    pack_item,
+    task_block,
+    task_count,
+)
+from .simd import lanes
 
 GATE_F, GATE_I, GATE_O, GATE_N = 0, 1, 2, 3
 SLOT_H = 4
@@ -78,8 +91,7 @@ class LSTMSaved(NamedTuple):
 
     hx (T, N, H+I) the rows [h_{t-1}, x_t]; z, a (T, N, 4, H) gate
     pre-activations and activations (f, i, o, n); c (T+1, N, H) cell states,
-    c[0] = c0, c[t+1] = c_t; sh (T, N, H) sigma_h(c_t); WT (H+I, 4H) with
-    WT[j, g H + k] = W_g[k, j], for the backward's sums over (g, k).
+    c[0] = c0, c[t+1] = c_t; sh (T, N, H) sigma_h(c_t).
     """
 
     hx: F3
@@ -87,15 +99,16 @@ class LSTMSaved(NamedTuple):
     a: F4
     c: F3
     sh: F3
-    WT: F2
 
 
-class LSTMParams(NamedTuple):
-    """W (4, H, H+I); Wx (4H, I) = W[:, :, H:] as a contiguous copy; b (4, H)."""
+class LSTMInputs(NamedTuple):
+    """x (T, N, I); h0, c0 (N, H); lengths (N,) int64 in [1, T]; codes (5,) int64 activation codes (f, i, o, n, h)."""
 
-    W: F3
-    Wx: F2
-    b: F2
+    x: F3
+    h0: F2
+    c0: F2
+    lengths: I1
+    codes: I1
 
 
 class LSTMGrads(NamedTuple):
@@ -116,19 +129,37 @@ class LSTMUpstream(NamedTuple):
     dcT: F2
 
 
+class LSTMBuffers(NamedTuple):
+    """Packing buffers of lstm_forward (overwritten): a, b of the input projection
+    (``products.packed_sizes``); rec_b W[:, :, :H]^T packed once per call; rec_a one
+    MR x H panel of h_{t-1} per block of MR sequences."""
+
+    a: F1
+    b: F1
+    rec_a: F1
+    rec_b: F1
+
+
 class LSTMScratch(NamedTuple):
-    """Scratch of lstm_backward (overwritten): dz (T, N, 4, H) dL/dz per gate (0 at padded steps);
-    dzT (4H, V), hxT (H+I, V) dz and [h, x] of the V valid steps, transposed; rows (V,) int64 the
-    indices r = t N + n of those steps in increasing order; dh, dc (N, H) the carries dL/dh_t and
-    dL/dc_{t+1} f_{t+1} flowing back through time.
+    """Scratch of lstm_backward (overwritten).
+
+    dz (T, N, 4, H) dL/dz per gate (0 at padded steps); dh, dc (N, H) the carries
+    dL/dh_t and dL/dc_{t+1} f_{t+1} flowing back through time; the packing
+    buffers of dx (dx_a, dx_b) and dW (dw_a, dw_b); rec_b W[:, :, :H] packed once,
+    rec_a one MR x 4H panel of dz_t and rec_tmp one MR x H tile per block of MR
+    sequences.
     """
 
     dz: F4
-    dzT: F2
-    hxT: F2
-    rows: I1
     dh: F2
     dc: F2
+    dx_a: F1
+    dx_b: F1
+    dw_a: F1
+    dw_b: F1
+    rec_a: F1
+    rec_b: F1
+    rec_tmp: F1
 
 
 @helper
@@ -172,84 +203,105 @@ def padded_step(out, saved, t, n):
             saved.a[t, n, g, k] = zero
 
 
-@kernel(dynamic=True)  # the projection chunks and the WT chunks of one launch differ in cost
-def lstm_forward(out: LSTMOut, saved: LSTMSaved, x: F3, params: LSTMParams, h0: F2, c0: F2, lengths: I1, codes: I1):
+@helper
+def block_product(a, r0, nb, packed, plan, c, ldc, mode):
+    """C[r0 + r, :] (+)= sum_p A[r0 + r, p] B[p, :] for the nb <= MR rows of one block, on the packed B.
+
+    The block's rows of A are packed into its own panel (per KC block), then
+    one row of register tiles runs along all of B's columns.  ``mode`` is the
+    micro-kernel's (products.STORE or ADD); C is flat with row length ldc and
+    its block starts at row 0 (the caller passes the block's slice).
+    """
+    ap = packed.ap
+    nrf = 2 * lanes(ap)
+    npad = (plan.n + nrf - 1) // nrf * nrf
+    for s in range(0, plan.k, plan.kc):
+        kc = min(plan.kc, plan.k - s)
+        pack_a_panel(a, r0 + nb, r0, s, kc, ap, s * MR)
+    for s in range(0, plan.k, plan.kc):
+        kc = min(plan.kc, plan.k - s)
+        block_mode = mode if s == 0 else ADD
+        for j in range(0, plan.n, nrf):
+            tile = Tile(s * MR, s * npad + j * kc, j, nb, min(nrf, plan.n - j), j)
+            micro_kernel(kc, packed, tile, c, ldc, ap[:0], block_mode)
+
+
+@kernel
+def lstm_forward(out: LSTMOut, saved: LSTMSaved, inputs: LSTMInputs, W: F3, b: F2, buffers: LSTMBuffers,
+                 plan_proj: GemmPlan, plan_rec: GemmPlan):
     """Forward pass over all T steps, saving what lstm_backward needs.
 
     Outputs (overwritten): ``out`` (:class:`LSTMOut`) and ``saved``
-    (:class:`LSTMSaved`).  Inputs: x (T, N, I); params (:class:`LSTMParams`);
-    h0, c0 (N, H); lengths (N,) int64; codes (5,) int64.
+    (:class:`LSTMSaved`).  inputs (:class:`LSTMInputs`); W (4, H, H+I); b (4, H);
+    buffers (:class:`LSTMBuffers`); plan_proj the product (TN, I) x (I, 4H),
+    plan_rec the recurrence's (N, H) x (H, 4H) (``products.gemm_plan``).
 
     Matrices are viewed with the gate and unit merged, row gk = g H + k:
     W2 (4H, H+I), z2 (T N, 4H), hx2 (T N, H+I), x2 (T N, I).
     """
-    # bundled arrays as local names before any prange (numba issue 5872: inside a
-    # parallel loop a write through ``bundle.field[...]`` is lost)
-    T, N, n_in = x.shape
-    H = params.W.shape[1]
-    G = 4 * H
-    TN = T * N
+    # bundled arrays as local names before any prange (numba issue 5872)
+    x = inputs.x
+    h0 = inputs.h0
+    c0 = inputs.c0
+    lengths = inputs.lengths
+    codes = inputs.codes
     hx = saved.hx
     c = saved.c
-    WT = saved.WT
-    Wx = params.Wx
-    W2 = params.W.reshape((G, H + n_in))
-    b2 = params.b.reshape(G)
-    z2 = saved.z.reshape((TN, G))
+    T, N, n_in = x.shape
+    H = W.shape[1]
+    G = 4 * H
+    HI = H + n_in
+    TN = T * N
+    z2f = saved.z.reshape(-1)
     x2 = x.reshape((TN, n_in))
-    hx2 = hx.reshape((TN, H + n_in))
-    # z_g[k] = b_g[k] + sum_j W_g[k, H + j] x_t[j] for all (t, n) at once: the
-    # input half of W . [h_{t-1}, x_t] does not depend on the recurrence.
-    # products.dot_rows (4 rows (t, n) x 3 rows gk) with Wx = W[:, :, H:] as its
-    # own contiguous (4H, I) array, parallel over chunks of rows (t, n); the same
-    # launch makes WT in chunks of 16 rows (one prange less to compile).
-    # (dot4x2 on W[:, :, H:] before.)  Forward, 2 threads, dynamic schedule: (100, 16, 128, 128)
-    # f32 6.1 -> 5.7 ms, f64 10.4 -> 9.7 ms; (35, 20, 256, 256) f32 9.9 -> 9.1 ms, f64 18.9 -> 15.3 ms.
-    KT, CB = tiling(G, n_in * x.itemsize, 3)
-    nch = (TN + 4 * CB - 1) // (4 * CB)
-    for it in prange(nch + (H + n_in + 15) // 16):
-        if it >= nch:
-            j0 = 16 * (it - nch)
-            transpose_block(WT, W2, j0, min(j0 + 16, H + n_in))
+    hx2 = hx.reshape((TN, HI))
+    W2f = W.reshape(-1)
+    proj = Packed(buffers.a, buffers.b)
+    rec_b = buffers.rec_b
+    # z_g[k] = b_g[k] + sum_j W_g[k, H + j] x_t[j] for all (t, n) at once (the input
+    # half of W . [h_{t-1}, x_t] does not depend on the recurrence); B = W[:, :, H:]^T
+    # read in place.  The same launch packs W[:, :, :H]^T for the recurrence and
+    # copies x into the rows [h, x].
+    a_x = Operand(x2.reshape(-1), n_in, 1)
+    b_x = Operand(W2f[H:], 1, HI)
+    b_h = Operand(W2f, 1, HI)
+    n_proj = pack_count(proj, plan_proj)
+    nrf = 2 * lanes(rec_b)
+    n_rec = (plan_rec.n + nrf - 1) // nrf
+    n_kb = (plan_rec.k + plan_rec.kc - 1) // plan_rec.kc
+    for it in prange(n_proj + n_rec * n_kb + (TN + 63) // 64):
+        if it < n_proj:
+            pack_item(it, a_x, b_x, proj, plan_proj)
+        elif it < n_proj + n_rec * n_kb:
+            q = it - n_proj
+            s = (q // n_rec) * plan_rec.kc
+            j0 = (q % n_rec) * nrf
+            kc = min(plan_rec.kc, plan_rec.k - s)
+            pack_b_panel(b_h, plan_rec.n, j0, s, kc, rec_b, s * n_rec * nrf + j0 * kc)
         else:
-            r_lo = 4 * CB * it
-            r_hi = min(r_lo + 4 * CB, TN)
-            for r in range(r_lo, r_hi):
+            r0 = 64 * (it - n_proj - n_rec * n_kb)
+            for r in range(r0, min(r0 + 64, TN)):
                 for j in range(n_in):
                     hx2[r, H + j] = x2[r, j]
-            dot_rows(z2, x2, Wx, b2, False, r_lo, r_hi, KT)
-    # The recurrence: time serial inside each block of 4 sequences, blocks in
-    # parallel (one launch per call).  z_g[k] += sum_j W_g[k, j] h_{t-1}[j] for
-    # all four gates of the 4 sequences in one pass over W[:, :, :H].
-    for nb in prange((N + 3) // 4):
-        n0 = 4 * nb
-        n1 = min(n0 + 4, N)
-        Lmin = T
-        for n in range(n0, n1):
-            Lmin = min(Lmin, lengths[n])
+    for t in prange(task_count(plan_proj)):
+        gemm_task(t, z2f, G, b.reshape(-1), False, proj, plan_proj)
+    # The recurrence: time serial inside each block of MR sequences, blocks in
+    # parallel (one launch per call).  z_g[k] += sum_j W_g[k, j] h_{t-1}[j] for the
+    # four gates of the block's sequences in one row of register tiles.
+    a_h = Operand(hx2.reshape(-1), HI, 1)
+    rec_a = buffers.rec_a
+    for blk in prange((N + MR - 1) // MR):
+        n0 = MR * blk
+        nb = min(MR, N - n0)
+        panel = Packed(rec_a[blk * MR * H:(blk + 1) * MR * H], rec_b)
+        for n in range(n0, n0 + nb):
             for k in range(H):
                 hx[0, n, k] = h0[n, k]
                 c[0, n, k] = c0[n, k]
         for t in range(T):
             r0 = t * N + n0
-            if n1 - n0 == 4 and t < Lmin:
-                for gk in range(0, G, 2):
-                    s = dot4x2(hx2[r0], hx2[r0 + 1], hx2[r0 + 2], hx2[r0 + 3], W2[gk], W2[gk + 1], H)
-                    z2[r0, gk] += s[0]
-                    z2[r0, gk + 1] += s[1]
-                    z2[r0 + 1, gk] += s[2]
-                    z2[r0 + 1, gk + 1] += s[3]
-                    z2[r0 + 2, gk] += s[4]
-                    z2[r0 + 2, gk + 1] += s[5]
-                    z2[r0 + 3, gk] += s[6]
-                    z2[r0 + 3, gk + 1] += s[7]
-            else:
-                for n in range(n0, n1):
-                    if t < lengths[n]:
-                        r = t * N + n
-                        for gk in range(G):
-                            z2[r, gk] += dot1(hx2[r], W2[gk], H)
-            for n in range(n0, n1):
+            block_product(a_h, r0, nb, panel, plan_rec, z2f[r0 * G:], G, ADD)
+            for n in range(n0, n0 + nb):
                 L = lengths[n]
                 if t < L:
                     cell_step(out, saved, t, n, L, codes)
@@ -295,45 +347,58 @@ def cell_backward(grads, scratch, upstream, saved, t, n, codes):
         scratch.dc[n, k] = dc * gate_f
 
 
-@kernel(dynamic=True)  # the dx blocks and the transposes in one launch differ in cost
-def lstm_backward(grads: LSTMGrads, scratch: LSTMScratch, upstream: LSTMUpstream, saved: LSTMSaved, lengths: I1, codes: I1):
+@kernel(dynamic=True)  # the dx and dW tasks of one launch differ in cost
+def lstm_backward(grads: LSTMGrads, scratch: LSTMScratch, upstream: LSTMUpstream, saved: LSTMSaved, W: F3,
+                  lengths: I1, codes: I1, plan_rec: GemmPlan, plan_dx: GemmPlan, plan_dw: GemmPlan):
     """BPTT: every gradient in ``grads`` accumulated (``+=``); ``scratch`` overwritten.
 
-    grads (:class:`LSTMGrads`): dx (T, N, I), dW (4, H, H+I), db (4, H), dh0,
-    dc0 (N, H).  scratch (:class:`LSTMScratch`), allocated by the caller.
-    upstream (:class:`LSTMUpstream`).  saved: from lstm_forward; lengths,
-    codes as given to it.
+    grads (:class:`LSTMGrads`); scratch (:class:`LSTMScratch`), allocated by the
+    caller; upstream (:class:`LSTMUpstream`); saved, W, lengths, codes as given to
+    lstm_forward.  plan_rec: the recurrence's (N, 4H) x (4H, H); plan_dx: (TN, 4H)
+    x (4H, I); plan_dw: (4H, TN) x (TN, H+I) (``products.gemm_plan``).
     """
-    # bundled arrays as local names before any prange (numba issue 5872, see lstm_forward)
+    # bundled arrays as local names before any prange (numba issue 5872)
     T, N, n_in = grads.dx.shape
-    H = grads.dh0.shape[1]
+    H = W.shape[1]
     G = 4 * H
-    TN = T * N
     HI = H + n_in
+    TN = T * N
     zero = grads.dx.dtype.type(0)
     dh = scratch.dh
     dc = scratch.dc
     dh0 = grads.dh0
     dc0 = grads.dc0
-    dzT = scratch.dzT
-    hxT = scratch.hxT
     dhT = upstream.dhT
     dcT = upstream.dcT
-    dW2 = grads.dW.reshape((G, HI))
-    db2 = grads.db.reshape(G)
     dz2 = scratch.dz.reshape((TN, G))
-    dx2 = grads.dx.reshape((TN, n_in))
-    hx2 = saved.hx.reshape((TN, HI))
-    WT = saved.WT
-    # WT[j, gk] = W_g[k, j] (made by the forward): the sums over (g, k) below run over contiguous rows.
-    for nb in prange((N + 3) // 4):
-        n0 = 4 * nb
-        n1 = min(n0 + 4, N)
-        Lmin = T
+    dz2f = scratch.dz.reshape(-1)
+    dxf = grads.dx.reshape(-1)
+    dW2f = grads.dW.reshape(-1)
+    db2 = grads.db.reshape(-1)
+    hx2f = saved.hx.reshape(-1)
+    W2f = W.reshape(-1)
+    rec_a = scratch.rec_a
+    rec_b = scratch.rec_b
+    rec_tmp = scratch.rec_tmp
+    # W[:, :, :H] packed as B (4H, H), B[gk, j] = W_g[k, j], for dL/dh_{t-1} = dz_t B
+    b_h = Operand(W2f, HI, 1)
+    nrf = 2 * lanes(rec_b)
+    n_rec = (plan_rec.n + nrf - 1) // nrf
+    for q in prange(n_rec * ((plan_rec.k + plan_rec.kc - 1) // plan_rec.kc)):
+        s = (q // n_rec) * plan_rec.kc
+        j0 = (q % n_rec) * nrf
+        kc = min(plan_rec.kc, plan_rec.k - s)
+        pack_b_panel(b_h, plan_rec.n, j0, s, kc, rec_b, s * n_rec * nrf + j0 * kc)
+    # The recurrence backwards in time, parallel over blocks of MR sequences.
+    a_dz = Operand(dz2f, G, 1)
+    for blk in prange((N + MR - 1) // MR):
+        n0 = MR * blk
+        nb = min(MR, N - n0)
+        panel = Packed(rec_a[blk * MR * G:(blk + 1) * MR * G], rec_b)
+        tmp = rec_tmp[blk * MR * H:(blk + 1) * MR * H]
         Lmax = 0
-        for n in range(n0, n1):
+        for n in range(n0, n0 + nb):
             L = lengths[n]
-            Lmin = min(Lmin, L)
             Lmax = max(Lmax, L)
             for k in range(H):
                 dh[n, k] = dhT[n, k]
@@ -342,75 +407,49 @@ def lstm_backward(grads: LSTMGrads, scratch: LSTMScratch, upstream: LSTMUpstream
                 for gk in range(G):
                     dz2[t * N + n, gk] = zero
         for t in range(Lmax - 1, -1, -1):
-            for n in range(n0, n1):
+            for n in range(n0, n0 + nb):
                 if t < lengths[n]:
                     cell_backward(grads, scratch, upstream, saved, t, n, codes)
             # reverses z_g = W_g . [h_{t-1}, x_t] + b_g for the h half:
             # dL/dh_{t-1}[j] = sum over ALL FOUR gates g, k of dL/dz_g[k] W_g[k, j]
-            # = dz2[r] . WT[j], 4 sequences x 2 columns j per pass
-            r0 = t * N + n0
-            if n1 - n0 == 4 and t < Lmin:
-                for j in range(0, H - 1, 2):
-                    s8 = dot4x2(dz2[r0], dz2[r0 + 1], dz2[r0 + 2], dz2[r0 + 3], WT[j], WT[j + 1], G)
-                    dh[n0, j] = s8[0]
-                    dh[n0, j + 1] = s8[1]
-                    dh[n0 + 1, j] = s8[2]
-                    dh[n0 + 1, j + 1] = s8[3]
-                    dh[n0 + 2, j] = s8[4]
-                    dh[n0 + 2, j + 1] = s8[5]
-                    dh[n0 + 3, j] = s8[6]
-                    dh[n0 + 3, j + 1] = s8[7]
-                if H % 2 == 1:
-                    s4 = dot4x1(dz2[r0], dz2[r0 + 1], dz2[r0 + 2], dz2[r0 + 3], WT[H - 1], G)
-                    for m in range(4):
-                        dh[n0 + m, H - 1] = s4[m]
-            else:
-                for n in range(n0, n1):
-                    if t < lengths[n]:
-                        for j in range(H):
-                            dh[n, j] = dot1(dz2[t * N + n], WT[j], G)
+            block_product(a_dz, t * N + n0, nb, panel, plan_rec, tmp, H, STORE)
+            for n in range(n0, n0 + nb):
+                if t < lengths[n]:
+                    for j in range(H):
+                        dh[n, j] = tmp[(n - n0) * H + j]
         # the carries are now dL/dh_0 and dL/dc_0 of the block's sequences
-        for n in range(n0, n1):
+        for n in range(n0, n0 + nb):
             for k in range(H):
                 dh0[n, k] += dh[n, k]
                 dc0[n, k] += dc[n, k]
-    # After the recurrence, one launch for two independent jobs:
-    # * x half: dL/dx_t[j] += sum_{g, k} dL/dz_g[k] W_g[k, H + j], blocks of 4 rows
-    #   (t, n) (products.dot_rows on WT[H:] (I, 4H)); dz is 0 at padded steps, so
-    #   their rows of dx are left unchanged;
-    # * dzT, hxT: dz and [h_{t-1}, x_t] of the V valid rows (t, n), transposed so
-    #   the dW sums below run over contiguous rows (16 rows of dzT / hxT per chunk).
-    rows = scratch.rows
-    V = rows.shape[0]
-    KX, CB = tiling(n_in, G * WT.itemsize, 3)
-    nrb = (TN + 4 * CB - 1) // (4 * CB)
-    nzb = (G + 15) // 16
-    for it in prange(nrb + nzb + (HI + 15) // 16):
-        if it >= nrb + nzb:
-            j0 = 16 * (it - nrb - nzb)
-            j1 = min(j0 + 16, HI)
-            gather_transpose(hxT[j0:j1], hx2, rows, j0, j1)
-        elif it >= nrb:
-            j0 = 16 * (it - nrb)
-            j1 = min(j0 + 16, G)
-            gather_transpose(dzT[j0:j1], dz2, rows, j0, j1)
+    # After the recurrence, two products over all (t, n) in one launch (dz is 0 at
+    # padded steps, so those rows add nothing):
+    #   dx[t, n, j]  += sum_{g, k} dL/dz_g[k] W_g[k, H + j]     A = dz (TN, 4H), B = W[:, :, H:]
+    #   dW_g[k, j]   += sum_{t, n} dL/dz_g[k] [h_{t-1}, x_t][j]  A = dz^T (4H, TN), B = [h, x] (TN, H+I)
+    #   db_g[k]      += sum_{t, n} dL/dz_g[k]
+    p_dx = Packed(scratch.dx_a, scratch.dx_b)
+    p_dw = Packed(scratch.dw_a, scratch.dw_b)
+    a_dx = Operand(dz2f, G, 1)
+    b_dx = Operand(W2f[H:], HI, 1)
+    a_dw = Operand(dz2f, 1, G)
+    b_dw = Operand(hx2f, HI, 1)
+    n_dx = pack_count(p_dx, plan_dx)
+    for t in prange(n_dx + pack_count(p_dw, plan_dw)):
+        if t < n_dx:
+            pack_item(t, a_dx, b_dx, p_dx, plan_dx)
         else:
-            r_lo = 4 * CB * it
-            r_hi = min(r_lo + 4 * CB, TN)
-            dot_rows(dx2, dz2, WT[H:], db2[:0], True, r_lo, r_hi, KX)
-    # dL/dW_g[k, j] += sum_{t, n} dL/dz_g[k] [h_{t-1}, x_t][j] over the V valid
-    # rows (t, n) in order: products.dot_rows (4 rows gk x 3 rows j, 7 loads per
-    # 12 multiply-adds) over chunks of rows gk, which own dW and db.
-    # (dot4x2 here before: 6 loads per 8.)  Backward, 2 threads: (50, 32, 32, 64) f32
-    # 2.41 -> 2.06 ms, f64 3.73 -> 3.60 ms; (100, 16, 128, 128) f32 9.10 -> 8.21 ms, f64 16.9 -> 15.3 ms.
-    KT, CB = tiling(HI, V * dzT.itemsize, 3)
-    nch = (G + 4 * CB - 1) // (4 * CB)
-    for ch in prange(nch):
-        g_lo = 4 * CB * ch
-        g_hi = min(g_lo + 4 * CB, G)
-        dot_rows(dW2, dzT, hxT, db2[:0], True, g_lo, g_hi, KT)
-        for gk in range(g_lo, g_hi):
-            s = zero
-            for v in range(V):
-                s += dzT[gk, v]
-            db2[gk] += s
+            pack_item(t - n_dx, a_dw, b_dw, p_dw, plan_dw)
+    t_dx = task_count(plan_dx)
+    none = db2[:0]
+    for t in prange(t_dx + task_count(plan_dw)):
+        if t < t_dx:
+            gemm_task(t, dxf, n_in, none, True, p_dx, plan_dx)
+        else:
+            gemm_task(t - t_dx, dW2f, HI, none, True, p_dw, plan_dw)
+            k0, k1, j0, _j1 = task_block(t - t_dx, plan_dw)
+            if j0 == 0:
+                for gk in range(k0, k1):
+                    acc = zero
+                    for r in range(TN):
+                        acc += dz2[r, gk]
+                    db2[gk] += acc

@@ -1,291 +1,419 @@
-"""The products shared by dense, conv and LSTM: sums of multiply-adds over a contiguous index.
+"""The products shared by dense, conv and LSTM: the product core and its plain twin.
 
-Two forms, each register-blocked so one load feeds several multiply-adds:
+**The product core** (this module's first half), for every matrix product of
+dense and LSTM::
 
-* dot form, ``z[s, k] (+)= b[k] + sum_j W[k, j] x[s, j]`` (:func:`dot_rows`,
-  and :func:`dot1` / :func:`dot4x1` / :func:`dot4x2` on single rows): the sum
-  runs along the contiguous j; LLVM vectorises every scalar accumulator along
-  j (``reassoc``) and reduces it once at the end;
-* axpy form, ``out[r, j] += sum_q D[r, q] src[q, j]`` (:func:`axpy_rows`, and
-  the tap-table products of the stride-1 convolution): each term adds a whole
-  contiguous row.
+    C[i, j] (+)= bias[j] + sum_p A[i, p] B[p, j]        C (m, n), A (m, k), B (k, n)
 
-:func:`dot_rows_reference` is the plain index-form loop :func:`dot_rows`
-computes (the tests' oracle on edge shapes).  Block sizes were measured on one
-2-core AMD Zen 3 box (AVX2); the numbers are beside each helper.
+is the Goto/BLIS structure on explicit SIMD vectors (kernels.simd):
+
+* both operands are packed, per KC block of p, into micro-panels: MR rows of A
+  (for each p, MR consecutive values) and NR = 2 W columns of B (for each p,
+  NR consecutive values; W = the lanes of one vector register), zero-padded at
+  the edges so the micro-kernel never has an edge case in its p loop;
+* the micro-kernel holds an MR x NR tile of C in 12 vector registers across the
+  KC steps: per p, two vector loads of B and MR broadcasts of A feed 2 MR fused
+  multiply-adds, with no horizontal sum and no C traffic inside the loop;
+* a task is an (MC rows) x (NC columns) block of C over all of p; the KC, MC and
+  NC blocks come from the cache sizes of the CPU (:func:`gemm_plan`), the task
+  grid from the shapes only.
+
+Race freedom and determinism: packing writes disjoint panels; a task owns its
+block of C; every element is the same sequence of fused multiply-adds (p in
+order inside a KC block, KC blocks in order) whichever thread runs it, so
+results are bitwise identical at any thread count.  Operands are read through
+strides (:class:`Operand`), so one compiled kernel serves x W^T, dz W and dz^T x
+without transposed copies.  :func:`matmul_reference` is the plain index-form
+loop the core computes (the tests' oracle).
+
+**The stride-1 convolution's tap-table products** (second half): axpy form
+``out[r, p] += sum_t w[r, t] src[base + tap_t, off_t + p]`` and dot form over
+the wide planes of kernels.conv, register-blocked 4 x 4 and 4 x 3 (measured on
+a 2-core AMD Zen 3 box, AVX2; numbers beside each helper).
 """
+
+from typing import NamedTuple
 
 import numpy as np
 
-from .._jit import helper
+from numba import prange
 
-#: Rows of the streamed matrix kept per cache tile: W (or x) tiles of about
-#: 64 KB.  Measured for dx = dz W at (512, 1024, 1024) f32, single thread:
-#: untiled 29-33 ms, 64 KB tiles 26 ms, 256 KB tiles 33 ms (L2 is 512 KB per
-#: core but shared with the rows being updated and the prefetch streams).
-TILE_BYTES = 1 << 16
+from .._jit import F1, cpu_info, helper, kernel
+from .simd import lanes, sload, sstore, vadd, vbroadcast_at, vfma, vload, vload_partial, vstore, vstore_partial, vzero
 
-#: Blocks (of 4 rows) that share one cache tile: 8 blocks = 32 samples.
-CHUNK_BLOCKS = 8
+# --------------------------------------------------------------------------
+# the product core
+# --------------------------------------------------------------------------
+
+#: Rows of the register tile.  6 rows x 2 vectors = 12 accumulators; with the
+#: two B vectors and one broadcast that is 15 of the 16 vector registers of
+#: AVX2 (AVX-512 has 32, the same tile then runs on zmm).
+MR = 6
+
+#: What the micro-kernel does with C after its p loop.
+STORE = 0  # C = acc
+ADD = 1  # C = C + acc
+BIAS = 2  # C = acc, the accumulators started from the bias row: C = b + sum_p A B
+
+#: A product is split into at least this many tasks (blocks of C), a multiple of 4
+#: where the shape allows, so that 2 or 4 threads get even shares; the split
+#: depends on the shape only, never on the thread count.
+MIN_TASKS = 8
 
 
-@helper
-def tiling(rows, row_bytes, block):
-    """(tile_rows, chunk_blocks) for streaming ``rows`` rows of ``row_bytes`` bytes.
+class Operand(NamedTuple):
+    """A 2-D operand read from a flat C-contiguous buffer through strides: X[i, p] = data[i rs + p cs].
 
-    Untiled (one tile, chunks of one block: the most parallel slack) when the
-    whole matrix fits in :data:`TILE_BYTES`; else tiles of ``block``-multiple
-    rows and chunks of :data:`CHUNK_BLOCKS` blocks of the owner index.
+    x (N, n) as itself is ``Operand(x.ravel(), n, 1)``; W^T of W (m, n) is ``Operand(W.ravel(), 1, n)``.
     """
-    if rows * row_bytes <= TILE_BYTES:
-        return max(rows, 1), 1
-    tile = max(block, (TILE_BYTES // row_bytes) // block * block)
-    return tile, CHUNK_BLOCKS
+
+    data: F1
+    rs: int
+    cs: int
+
+
+class GemmPlan(NamedTuple):
+    """One product C (m, n) (+)= A (m, k) B (k, n): its shapes and cache blocks (see :func:`gemm_plan`)."""
+
+    m: int
+    n: int
+    k: int
+    kc: int
+    mc: int
+    nc: int
+
+
+class Packed(NamedTuple):
+    """Packing buffers (written by the kernel): ap >= ceil(m / MR) MR k, bp >= k ceil(n / NR) NR values."""
+
+    ap: F1
+    bp: F1
+
+
+class Tile(NamedTuple):
+    """One micro-kernel call: packed panel offsets ao, bo; C offset co of the tile's top-left
+    element; mr x nr its valid part (edge tiles); j the tile's first column (for the bias)."""
+
+    ao: int
+    bo: int
+    co: int
+    mr: int
+    nr: int
+    j: int
+
+
+def nr_of(dtype) -> int:
+    """NR, the columns of the register tile: two vectors of the dtype."""
+    return 2 * cpu_info()["lanes"][np.dtype(dtype).name]
+
+
+def cache_blocks(dtype) -> tuple:
+    """(KC, MC, NC) from the cache sizes of the CPU (s = element size, NR = 2 W):
+
+    KC = L1d / (2 NR s)   a KC x NR micro-panel of B fills half of L1d (every A
+                          micro-panel of the block reuses it; the other half holds
+                          the streamed A panel and C lines) -> multiple of 8 in [64, 1024]
+    MC = L2 / (2 KC s)    an MC x KC block of packed A fills half of L2 -> multiple of MR
+    NC = L3 / (2 KC s)    a KC x NC block of packed B fills half of L3 -> multiple of NR
+
+    AMD Zen 3 (32 KiB / 512 KiB / 32 MiB): float32 256, 252, 16384; float64 256, 126, 8192.
+    """
+    caches = cpu_info()["caches"]
+    s = np.dtype(dtype).itemsize
+    nr = nr_of(dtype)
+    kc = min(1024, max(64, caches["L1d"] // (2 * nr * s) // 8 * 8))
+    mc = max(MR, caches["L2"] // (2 * kc * s) // MR * MR)
+    nc = max(nr, caches["L3"] // (2 * kc * s) // nr * nr)
+    return kc, mc, nc
+
+
+def gemm_plan(m: int, n: int, k: int, dtype) -> GemmPlan:
+    """The blocks one product uses: the cache blocks evened out over the shape (no tiny last
+    block) and at least MIN_TASKS tasks.  Depends on the shapes, dtype and caches only."""
+    kc, mc, nc = cache_blocks(dtype)
+    nr = nr_of(dtype)
+    n_kb = max(1, -(-k // kc))
+    kcb = max(1, -(-k // n_kb))
+    m_panels = max(1, -(-m // MR))
+    n_panels = max(1, -(-n // nr))
+    n_ib = -(-m_panels // (mc // MR))
+    n_jb = -(-n_panels // (nc // nr))
+    n_jb = max(n_jb, -(-MIN_TASKS // n_ib))
+    while (n_ib * n_jb) % 4 and n_jb < n_panels:
+        n_jb += 1
+    n_jb = min(n_jb, n_panels)
+    return GemmPlan(m, n, k, kcb, MR * -(-m_panels // n_ib), nr * -(-n_panels // n_jb))
+
+
+def packed_sizes(plan: GemmPlan, dtype) -> tuple:
+    """(size of ap, size of bp) for a plan: A and B zero-padded to MR rows / NR columns, all of k."""
+    nr = nr_of(dtype)
+    return max(1, -(-plan.m // MR) * MR * plan.k), max(1, plan.k * -(-plan.n // nr) * nr)
 
 
 @helper
-def store(z, b, s, k, acc, add):
-    """z[s, k] = b[k] + acc (no bias: b has shape (0,)), or z[s, k] += acc when ``add``."""
+def matmul_reference(c, ldc, a, b, bias, accumulate, plan):
+    """c[i ldc + j] (+)= bias[j] + sum_p A[i, p] B[p, j]: the plain loop the product core computes."""
+    for i in range(plan.m):
+        for j in range(plan.n):
+            acc = c.dtype.type(0)
+            for p in range(plan.k):
+                acc += a.data[i * a.rs + p * a.cs] * b.data[p * b.rs + j * b.cs]
+            if accumulate:
+                c[i * ldc + j] += acc
+            elif bias.shape[0] > 0:
+                c[i * ldc + j] = bias[j] + acc
+            else:
+                c[i * ldc + j] = acc
+
+
+@helper
+def _put_row(c, p, w, v0, v1, add):
+    """c.flat[p : p + 2w] (+)= (v0, v1): one row of a full tile."""
     if add:
-        z[s, k] += acc
-    elif b.shape[0] == z.shape[1]:
-        z[s, k] = acc + b[k]
+        v0 = vadd(vload(c, p), v0)
+        v1 = vadd(vload(c, p + w), v1)
+    vstore(c, p, v0)
+    vstore(c, p + w, v1)
+
+
+@helper
+def _put_row_partial(c, p, w, nr, v0, v1, add):
+    """The first nr columns of one row of an edge tile: masked, lanes past nr are not touched."""
+    if add:
+        v0 = vadd(vload_partial(c, p, nr), v0)
+        v1 = vadd(vload_partial(c, p + w, nr - w), v1)
+    vstore_partial(c, p, v0, nr)
+    vstore_partial(c, p + w, v1, nr - w)
+
+
+@helper
+def micro_kernel(kc, packed, tile, c, ldc, bias, mode):
+    """C[tile] (+)= sum_{p < kc} Ap-panel[p, :]^T Bp-panel[p, :]: the MR x NR register tile.
+
+    ``mode`` STORE, ADD or BIAS (module constants); bias is read in BIAS mode only.
+    """
+    ap = packed.ap
+    bp = packed.bp
+    w = lanes(ap)
+    if mode == BIAS:
+        r0 = vload_partial(bias, tile.j, tile.nr)
+        r1 = vload_partial(bias, tile.j + w, tile.nr - w)
     else:
-        z[s, k] = acc
+        r0 = vzero(ap)
+        r1 = vzero(ap)
+    # accumulator c<row><vector>
+    c00 = r0
+    c01 = r1
+    c10 = r0
+    c11 = r1
+    c20 = r0
+    c21 = r1
+    c30 = r0
+    c31 = r1
+    c40 = r0
+    c41 = r1
+    c50 = r0
+    c51 = r1
+    ao = tile.ao
+    bo = tile.bo
+    # one rank-1 update per p: 2 vector loads of B, 6 broadcasts of A, 12 fused multiply-adds
+    for _ in range(kc):
+        b0 = vload(bp, bo)
+        b1 = vload(bp, bo + w)
+        a = vbroadcast_at(ap, ao)
+        c00 = vfma(a, b0, c00)
+        c01 = vfma(a, b1, c01)
+        a = vbroadcast_at(ap, ao + 1)
+        c10 = vfma(a, b0, c10)
+        c11 = vfma(a, b1, c11)
+        a = vbroadcast_at(ap, ao + 2)
+        c20 = vfma(a, b0, c20)
+        c21 = vfma(a, b1, c21)
+        a = vbroadcast_at(ap, ao + 3)
+        c30 = vfma(a, b0, c30)
+        c31 = vfma(a, b1, c31)
+        a = vbroadcast_at(ap, ao + 4)
+        c40 = vfma(a, b0, c40)
+        c41 = vfma(a, b1, c41)
+        a = vbroadcast_at(ap, ao + 5)
+        c50 = vfma(a, b0, c50)
+        c51 = vfma(a, b1, c51)
+        ao += MR
+        bo += 2 * w
+    add = mode == ADD
+    co = tile.co
+    if tile.mr == MR and tile.nr == 2 * w:
+        _put_row(c, co, w, c00, c01, add)
+        _put_row(c, co + ldc, w, c10, c11, add)
+        _put_row(c, co + 2 * ldc, w, c20, c21, add)
+        _put_row(c, co + 3 * ldc, w, c30, c31, add)
+        _put_row(c, co + 4 * ldc, w, c40, c41, add)
+        _put_row(c, co + 5 * ldc, w, c50, c51, add)
+    else:
+        # edge tile: rows past mr hold the products of zero-padded A rows and are dropped
+        _put_row_partial(c, co, w, tile.nr, c00, c01, add)
+        if tile.mr > 1:
+            _put_row_partial(c, co + ldc, w, tile.nr, c10, c11, add)
+        if tile.mr > 2:
+            _put_row_partial(c, co + 2 * ldc, w, tile.nr, c20, c21, add)
+        if tile.mr > 3:
+            _put_row_partial(c, co + 3 * ldc, w, tile.nr, c30, c31, add)
+        if tile.mr > 4:
+            _put_row_partial(c, co + 4 * ldc, w, tile.nr, c40, c41, add)
+        if tile.mr > 5:
+            _put_row_partial(c, co + 5 * ldc, w, tile.nr, c50, c51, add)
 
 
 @helper
-def dot_rows_reference(z, x, W, b, add, s_lo, s_hi):
-    """z[s, k] (+)= b[k] + sum_j W[k, j] * x[s, j] for s_lo <= s < s_hi: the plain loop :func:`dot_rows` computes."""
-    for s in range(s_lo, s_hi):
-        for k in range(W.shape[0]):
-            acc = z.dtype.type(0)
-            for j in range(x.shape[1]):
-                acc += W[k, j] * x[s, j]
-            store(z, b, s, k, acc, add)
+def pack_a_panel(a, m, i0, s, kc, ap, dst):
+    """ap[dst + p MR + r] = A[i0 + r, s + p] for p < kc, r < MR (zero rows past m).
 
-
-@helper
-def dot_one(x, s, W, k):
-    """sum_j W[k, j] * x[s, j] for one (s, k): the edges of the blocked loops."""
-    acc = x.dtype.type(0)
-    for j in range(x.shape[1]):
-        acc += W[k, j] * x[s, j]
-    return acc
-
-
-@helper
-def dot_rows(z, x, W, b, add, s_lo, s_hi, KT):
-    """z[s, k] (+)= b[k] + sum_j W[k, j] * x[s, j] for the rows s_lo <= s < s_hi of z.
-
-    The one product every dense pass runs (forward z = x W^T, and the backward's
-    dx = dz W and dW = dz^T x on transposed copies, see kernels.dense).
-
-    Loop structure: blocks of 4 rows s (s..s+3) x 3 columns k (k..k+2), 12
-    accumulators, one pass over the contiguous j: 7 loads feed 12 multiply-adds
-    and LLVM vectorises every accumulator along j (``reassoc``).
-    Measured single thread, forward (128, 512, 512) f32: one (s, k) at a time
-    14.9 ms, 4 x 2 1.23 ms, 2 x 4 1.63 ms, 4 x 3 1.10 ms.
-    W is streamed once per block of rows: it is tiled (KT rows of W) so all the
-    blocks of the chunk reuse a tile from L2.  (512, 1024, 1024) f32: 15.8 -> 14.9 ms.
+    Row-major A (cs = 1: x, dz): one pass per row, writes strided by MR; A stored
+    transposed (rs = 1: dz^T): per p, MR contiguous values, i.e. a straight copy.
+    sload / sstore skip numba's negative-index code, which kept these loops scalar.
     """
-    n = x.shape[1]
-    m = W.shape[0]
-    zero = z.dtype.type(0)
-    mb = m - m % 3  # columns covered by full 3-column blocks
-    s_full = s_lo + (s_hi - s_lo) // 4 * 4  # rows covered by full 4-row blocks
-    for k0 in range(0, mb, KT):
-        for s in range(s_lo, s_full, 4):
-            for k in range(k0, min(k0 + KT, mb), 3):
-                # accumulator a<row><column>: rows s..s+3, columns k..k+2
-                a00 = zero
-                a01 = zero
-                a02 = zero
-                a10 = zero
-                a11 = zero
-                a12 = zero
-                a20 = zero
-                a21 = zero
-                a22 = zero
-                a30 = zero
-                a31 = zero
-                a32 = zero
-                for j in range(n):
-                    w0 = W[k, j]
-                    w1 = W[k + 1, j]
-                    w2 = W[k + 2, j]
-                    x0 = x[s, j]
-                    x1 = x[s + 1, j]
-                    x2 = x[s + 2, j]
-                    x3 = x[s + 3, j]
-                    a00 += w0 * x0
-                    a01 += w1 * x0
-                    a02 += w2 * x0
-                    a10 += w0 * x1
-                    a11 += w1 * x1
-                    a12 += w2 * x1
-                    a20 += w0 * x2
-                    a21 += w1 * x2
-                    a22 += w2 * x2
-                    a30 += w0 * x3
-                    a31 += w1 * x3
-                    a32 += w2 * x3
-                store(z, b, s, k, a00, add)
-                store(z, b, s, k + 1, a01, add)
-                store(z, b, s, k + 2, a02, add)
-                store(z, b, s + 1, k, a10, add)
-                store(z, b, s + 1, k + 1, a11, add)
-                store(z, b, s + 1, k + 2, a12, add)
-                store(z, b, s + 2, k, a20, add)
-                store(z, b, s + 2, k + 1, a21, add)
-                store(z, b, s + 2, k + 2, a22, add)
-                store(z, b, s + 3, k, a30, add)
-                store(z, b, s + 3, k + 1, a31, add)
-                store(z, b, s + 3, k + 2, a32, add)
-    for s in range(s_lo, s_hi):
-        for k in range(mb if s < s_full else 0, m):  # edges: columns k >= mb, rows s >= s_full
-            store(z, b, s, k, dot_one(x, s, W, k), add)
+    mr = min(MR, m - i0)
+    if a.cs == 1:
+        for r in range(mr):
+            src = (i0 + r) * a.rs + s
+            for p in range(kc):
+                sstore(ap, dst + p * MR + r, sload(a.data, src + p))
+    elif a.rs == 1 and mr == MR:
+        for p in range(kc):
+            src = (s + p) * a.cs + i0
+            d = dst + p * MR
+            for r in range(MR):
+                sstore(ap, d + r, sload(a.data, src + r))
+        return
+    else:
+        for p in range(kc):
+            src = (s + p) * a.cs + i0 * a.rs
+            for r in range(mr):
+                sstore(ap, dst + p * MR + r, sload(a.data, src + r * a.rs))
+    for p in range(kc):
+        for r in range(mr, MR):
+            sstore(ap, dst + p * MR + r, 0.0)
 
 
 @helper
-def transpose_block(out, a, i0, i1):
-    """out[i, r] = a[r, i] for the rows i0 <= i < i1 of out, in 8-row strips of a.
+def pack_b_panel(b, n, j0, s, kc, bp, dst):
+    """bp[dst + p NR + j] = B[s + p, j0 + j] for p < kc, j < NR (zero columns past n).
 
-    A strip's 8 rows of ``a`` stay in L1 while ``out`` is written along its rows.
-    Strips of 8, not more: rows 4 KB apart map to the same L1 set (8 ways).
-    Measured 2 threads, 64-row chunks of out, (1024, 1024) f32: 32-row strips
-    1.88 ms, 16 1.07 ms, 8 0.66 ms (numpy's ``W.T`` copy, one thread: 5.1 ms).
+    Row-major B (cs = 1: W in dz W, x in dz^T x) already is the packed layout: two
+    vector copies per p (masked on the edge panel, which also zero-fills it);
+    B = W^T of W stored (n, k) (rs = 1): one contiguous pass per column.
     """
-    R = a.shape[0]
-    for r0 in range(0, R, 8):
+    w = lanes(bp)
+    nrf = 2 * w
+    nr = min(nrf, n - j0)
+    if b.cs == 1:
+        for p in range(kc):
+            src = (s + p) * b.rs + j0
+            d = dst + p * nrf
+            if nr == nrf:
+                vstore(bp, d, vload(b.data, src))
+                vstore(bp, d + w, vload(b.data, src + w))
+            else:
+                vstore(bp, d, vload_partial(b.data, src, nr))
+                vstore(bp, d + w, vload_partial(b.data, src + w, nr - w))
+        return
+    if b.rs == 1:
+        for j in range(nr):
+            src = (j0 + j) * b.cs + s
+            for p in range(kc):
+                sstore(bp, dst + p * nrf + j, sload(b.data, src + p))
+    else:
+        for p in range(kc):
+            src = (s + p) * b.rs + j0 * b.cs
+            for j in range(nr):
+                sstore(bp, dst + p * nrf + j, sload(b.data, src + j * b.cs))
+    for p in range(kc):
+        for j in range(nr, nrf):
+            sstore(bp, dst + p * nrf + j, 0.0)
+
+
+@helper
+def pack_count(packed, plan):
+    """The packing work items of a plan: one per (KC block, A or B micro-panel)."""
+    nrf = 2 * lanes(packed.bp)
+    per_block = (plan.m + MR - 1) // MR + (plan.n + nrf - 1) // nrf
+    return ((plan.k + plan.kc - 1) // plan.kc) * per_block
+
+
+@helper
+def pack_item(t, a, b, packed, plan):
+    """Pack work item t: one A or B micro-panel of one KC block (disjoint writes)."""
+    ap = packed.ap
+    bp = packed.bp
+    nrf = 2 * lanes(bp)
+    mp = (plan.m + MR - 1) // MR
+    np_ = (plan.n + nrf - 1) // nrf
+    per_block = mp + np_
+    s = (t // per_block) * plan.kc
+    q = t % per_block
+    kc = min(plan.kc, plan.k - s)
+    if q < mp:
+        pack_a_panel(a, plan.m, q * MR, s, kc, ap, s * mp * MR + q * MR * kc)
+    else:
+        q -= mp
+        pack_b_panel(b, plan.n, q * nrf, s, kc, bp, s * np_ * nrf + q * nrf * kc)
+
+
+@helper
+def task_count(plan):
+    """The tasks (blocks of C) of a plan."""
+    return ((plan.m + plan.mc - 1) // plan.mc) * ((plan.n + plan.nc - 1) // plan.nc)
+
+
+@helper
+def task_block(t, plan):
+    """(i0, i1, j0, j1): the rows and columns of C that task t owns."""
+    n_ib = (plan.m + plan.mc - 1) // plan.mc
+    i0 = (t % n_ib) * plan.mc
+    j0 = (t // n_ib) * plan.nc
+    return i0, min(plan.m, i0 + plan.mc), j0, min(plan.n, j0 + plan.nc)
+
+
+@helper
+def gemm_task(t, c, ldc, bias, accumulate, packed, plan):
+    """Task t of C = A B (+ bias) or C += A B, from the packed operands, over all of p."""
+    nrf = 2 * lanes(packed.ap)
+    mpad = (plan.m + MR - 1) // MR * MR
+    npad = (plan.n + nrf - 1) // nrf * nrf
+    i0, i1, j0, j1 = task_block(t, plan)
+    for s in range(0, plan.k, plan.kc):
+        kc = min(plan.kc, plan.k - s)
+        if s > 0 or accumulate:
+            mode = ADD
+        elif bias.shape[0] > 0:
+            mode = BIAS
+        else:
+            mode = STORE
+        for j in range(j0, j1, nrf):
+            for i in range(i0, i1, MR):
+                tile = Tile(s * mpad + i * kc, s * npad + j * kc, i * ldc + j, min(MR, plan.m - i), min(nrf, plan.n - j), j)
+                micro_kernel(kc, packed, tile, c, ldc, bias, mode)
+    if plan.k == 0 and not accumulate:
+        # an empty sum: C = bias (or 0)
         for i in range(i0, i1):
-            for r in range(r0, min(r0 + 8, R)):
-                out[i, r] = a[r, i]
-
-
-@helper
-def gather_transpose(dst, src, rows, j0, j1):
-    """dst[j - j0, i] = src[rows[i], j] for j0 <= j < j1 (dst rows owned by the caller).
-
-    Tiled by 16 source rows so both the reads and the writes stay in a few
-    cache lines.
-    """
-    n = rows.shape[0]
-    for i0 in range(0, n, 16):
-        i1 = min(i0 + 16, n)
-        for i in range(i0, i1):
-            r = rows[i]
             for j in range(j0, j1):
-                dst[j - j0, i] = src[r, j]
+                c[i * ldc + j] = bias[j] if bias.shape[0] > 0 else 0
 
 
-@helper
-def axpy_rows(out, D, src, r_lo, r_hi, QT):
-    """out[r, j] += sum_q D[r, q] * src[q, j] for the rows r_lo <= r < r_hi of out.
+@kernel
+def matmul(c: F1, ldc: int, a: Operand, b: Operand, bias: F1, accumulate: bool, packed: Packed, plan: GemmPlan):
+    """C[i, j] = bias[j] + sum_p A[i, p] B[p, j] (bias of shape (0,): none), or C += A B with ``accumulate``.
 
-    The axpy form of a backward product (dx: out=dx, D=dz, src=W; dW: out=dW,
-    D=dz^T, src=x): the sum runs over the rows q of ``src`` and each term adds a
-    whole row.  Blocked 4 output rows x 4 terms: per j, 4 loads of the streamed
-    rows feed 16 multiply-adds into 4 output rows.  Measured single thread, dx at
-    (512, 1024, 1024) f32: one term at a time 45 ms, 2 x 4 32 ms, 4 x 8 52 ms
-    (register spills), 4 x 4 26-29 ms.  ``src`` is tiled (QT rows) like :func:`dot_rows`.
+    c: the flat C-contiguous buffer of C with row length ldc; a, b: the operands
+    (:class:`Operand`); packed: the packing buffers (:func:`packed_sizes`);
+    plan from :func:`gemm_plan`.  Parallel over packing items, then over tasks
+    (blocks of C, each owning its elements).
     """
-    n = out.shape[1]
-    Q = src.shape[0]
-    qb = Q - Q % 4  # terms covered by full 4-term blocks
-    r_full = r_lo + (r_hi - r_lo) // 4 * 4
-    for q0 in range(0, qb, QT):
-        for r in range(r_lo, r_full, 4):
-            for q in range(q0, min(q0 + QT, qb), 4):
-                # coefficient d<output row><term>: rows r..r+3, terms q..q+3
-                d00 = D[r, q]
-                d01 = D[r, q + 1]
-                d02 = D[r, q + 2]
-                d03 = D[r, q + 3]
-                d10 = D[r + 1, q]
-                d11 = D[r + 1, q + 1]
-                d12 = D[r + 1, q + 2]
-                d13 = D[r + 1, q + 3]
-                d20 = D[r + 2, q]
-                d21 = D[r + 2, q + 1]
-                d22 = D[r + 2, q + 2]
-                d23 = D[r + 2, q + 3]
-                d30 = D[r + 3, q]
-                d31 = D[r + 3, q + 1]
-                d32 = D[r + 3, q + 2]
-                d33 = D[r + 3, q + 3]
-                for j in range(n):
-                    v0 = src[q, j]
-                    v1 = src[q + 1, j]
-                    v2 = src[q + 2, j]
-                    v3 = src[q + 3, j]
-                    out[r, j] += d00 * v0 + d01 * v1 + d02 * v2 + d03 * v3
-                    out[r + 1, j] += d10 * v0 + d11 * v1 + d12 * v2 + d13 * v3
-                    out[r + 2, j] += d20 * v0 + d21 * v1 + d22 * v2 + d23 * v3
-                    out[r + 3, j] += d30 * v0 + d31 * v1 + d32 * v2 + d33 * v3
-    for r in range(r_lo, r_hi):  # edges, after the blocked terms: terms q >= qb, rows r >= r_full
-        for q in range(qb if r < r_full else 0, Q):
-            d = D[r, q]
-            for j in range(n):
-                out[r, j] += d * src[q, j]
-
-
-@helper
-def dot1(u, v, P):
-    """sum_p u[p] v[p] over the first P entries of two contiguous rows."""
-    s = u.dtype.type(0)
-    for p in range(P):
-        s += u[p] * v[p]
-    return s
-
-
-@helper
-def dot4x1(u0, u1, u2, u3, v, P):
-    """The four sums u_i . v: each load of v feeds four multiply-adds."""
-    s0 = u0.dtype.type(0)
-    s1 = s0
-    s2 = s0
-    s3 = s0
-    for p in range(P):
-        w = v[p]
-        s0 += u0[p] * w
-        s1 += u1[p] * w
-        s2 += u2[p] * w
-        s3 += u3[p] * w
-    return s0, s1, s2, s3
-
-
-@helper
-def dot4x2(u0, u1, u2, u3, v0, v1, P):
-    """The eight sums u_i . v_m (i < 4, m < 2) in one pass over the rows.
-
-    Register tile 4x2: six row loads feed eight multiply-adds (the LSTM's
-    recurrent products, which LLVM vectorises with one vector accumulator per sum).
-    """
-    s00 = u0.dtype.type(0)
-    s01 = s00
-    s10 = s00
-    s11 = s00
-    s20 = s00
-    s21 = s00
-    s30 = s00
-    s31 = s00
-    for p in range(P):
-        w0 = v0[p]
-        w1 = v1[p]
-        a0 = u0[p]
-        a1 = u1[p]
-        a2 = u2[p]
-        a3 = u3[p]
-        s00 += a0 * w0
-        s01 += a0 * w1
-        s10 += a1 * w0
-        s11 += a1 * w1
-        s20 += a2 * w0
-        s21 += a2 * w1
-        s30 += a3 * w0
-        s31 += a3 * w1
-    return s00, s01, s10, s11, s20, s21, s30, s31
+    for t in prange(pack_count(packed, plan)):
+        pack_item(t, a, b, packed, plan)
+    for t in prange(task_count(plan)):
+        gemm_task(t, c, ldc, bias, accumulate, packed, plan)
 
 
 # --------------------------------------------------------------------------

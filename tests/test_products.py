@@ -1,0 +1,86 @@
+"""The product core (kernels.products): packed panels, the vector register tile, cache blocks.
+
+Checked against its plain index-form twin (products.matmul_reference) and a float64
+NumPy product on odd shapes, every operand layout, bias / overwrite / accumulate,
+at 1 and 2 threads bitwise; the plan depends on the shapes only.
+"""
+
+import numpy as np
+import pytest
+
+from fastgrad import _jit
+from fastgrad.kernels import products as P
+from fastgrad.kernels import simd
+
+SHAPES = [(1, 1, 1), (3, 2, 1), (7, 13, 5), (6, 16, 256), (5, 17, 3), (13, 1, 300), (1, 40, 7), (65, 129, 257), (12, 33, 0)]
+
+
+def _operand(mat: np.ndarray, transposed: bool) -> P.Operand:
+    """mat read in place (row-major) or from its transpose's buffer (as W^T, dz^T are)."""
+    rows, cols = mat.shape
+    if transposed:
+        return P.Operand(np.ascontiguousarray(mat.T).reshape(-1), 1, rows)
+    return P.Operand(np.ascontiguousarray(mat).reshape(-1), cols, 1)
+
+
+def _run(kernel, m, n, k, dtype, layouts, mode, rng):
+    A = rng.standard_normal((m, k)).astype(dtype)
+    B = rng.standard_normal((k, n)).astype(dtype)
+    plan = P.gemm_plan(m, n, k, dtype)
+    packed = P.Packed(*[np.full(size, np.nan, dtype) for size in P.packed_sizes(plan, dtype)])
+    bias = rng.standard_normal(n).astype(dtype) if mode == "bias" else np.zeros(0, dtype)
+    start = rng.standard_normal((m, n)).astype(dtype)
+    c = start.copy()
+    a, b = _operand(A, layouts[0] == "T"), _operand(B, layouts[1] == "T")
+    if kernel is P.matmul_reference:
+        kernel(c.reshape(-1), n, a, b, bias, mode == "accumulate", plan)
+    else:
+        kernel(c.reshape(-1), n, a, b, bias, mode == "accumulate", packed, plan)
+    ref = A.astype(np.float64) @ B.astype(np.float64)
+    ref = ref + (start if mode == "accumulate" else bias.astype(np.float64) if mode == "bias" else 0)
+    return c, ref
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, n, k", SHAPES)
+@pytest.mark.parametrize("layouts", ["NN", "NT", "TN", "TT"])
+@pytest.mark.parametrize("mode", ["store", "bias", "accumulate"])
+def test_core_equals_float64_product_on_odd_shapes(dtype, m, n, k, layouts, mode):
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    for kernel in (P.matmul.serial, P.matmul.parallel):
+        got, ref = _run(kernel, m, n, k, dtype, layouts, mode, np.random.default_rng(m * 1000 + n * 10 + k))
+        tol = (2e-6 if dtype == np.float32 else 1e-14) * max(1.0, np.sqrt(k))
+        scale = max(1.0, np.abs(ref).max())
+        assert np.abs(got - ref).max() <= tol * scale, (kernel, m, n, k, layouts, mode)
+    del rng
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, n, k", [(7, 13, 5), (13, 17, 30)])
+def test_core_equals_its_plain_twin(dtype, m, n, k):
+    got, _ = _run(P.matmul.parallel, m, n, k, dtype, "NT", "bias", np.random.default_rng(3))
+    want, _ = _run(P.matmul_reference, m, n, k, dtype, "NT", "bias", np.random.default_rng(3))
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, n, k", [(65, 129, 257), (512, 70, 600), (32, 128, 128)])
+def test_one_and_two_threads_are_bitwise_equal(dtype, m, n, k, threads):
+    runs = [threads(t, lambda: _run(P.matmul.parallel, m, n, k, dtype, "NT", "bias", np.random.default_rng(5))[0])
+            for t in (1, 2)]
+    runs.append(_run(P.matmul.serial, m, n, k, dtype, "NT", "bias", np.random.default_rng(5))[0])
+    assert runs[0].tobytes() == runs[1].tobytes() == runs[2].tobytes()
+
+
+def test_plan_comes_from_the_cpu_and_the_shapes_only():
+    info = _jit.cpu_info()
+    for dtype in (np.float32, np.float64):
+        kc, mc, nc = P.cache_blocks(dtype)
+        assert P.nr_of(dtype) == 2 * simd.LANES[np.dtype(dtype).name] == 2 * info["lanes"][np.dtype(dtype).name]
+        assert mc % P.MR == 0 and nc % P.nr_of(dtype) == 0 and 64 <= kc <= 1024
+        # the packed B micro-panel of one KC block fits half of L1d
+        assert kc * P.nr_of(dtype) * np.dtype(dtype).itemsize <= info["caches"]["L1d"] // 2 or kc == 64
+        plan = P.gemm_plan(512, 1024, 1024, dtype)
+        assert P.task_count(plan) >= P.MIN_TASKS and P.task_count(plan) % 4 == 0
+        assert plan == P.gemm_plan(512, 1024, 1024, dtype)
