@@ -84,3 +84,34 @@ def test_plan_comes_from_the_cpu_and_the_shapes_only():
         plan = P.gemm_plan(512, 1024, 1024, dtype)
         assert P.task_count(plan) >= P.MIN_TASKS and P.task_count(plan) % 4 == 0
         assert plan == P.gemm_plan(512, 1024, 1024, dtype)
+
+
+AVX512_FEATURES = ("+avx512f,+avx512dq,+avx512bw,+avx512vl,+avx2,+avx,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,+sse4.1,"
+                   "+ssse3,+sse3,+sse2,+sse,+cx16,+lzcnt,+movbe,+xsave,+prefer-256-bit")
+
+CROSS = """
+import re
+from fastgrad import _jit
+from fastgrad.kernels import products as P
+info = _jit.cpu_info()
+sig = P.matmul.signature("float32")
+P.matmul.serial.compile(sig)
+fmas = re.findall(r"vfmadd\\d+ps\\s+%(\\w+)", P.matmul.serial.inspect_asm(sig))
+print(info["isa"], info["vector_bits"], P.nr_of("float32"), sorted({r[:3] for r in fmas}))
+"""
+
+
+def test_avx512_targets_get_512_bit_tiles_despite_prefer_256_bit(tmp_path):
+    """Cross-compiled for Skylake-AVX512 (compiled, never run here): the tile is 6 x 32 float32 and its
+    fused multiply-adds use zmm registers, although LLVM's prefer-256-bit tuning keeps ordinary loops on ymm."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, NUMBA_CPU_NAME="skylake-avx512", NUMBA_CPU_FEATURES=AVX512_FEATURES, FASTGRAD_DISABLE_CACHE="1",
+               PYTHONPATH=str(root), PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-c", CROSS], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["avx512f", "512", "32", "['zmm']"], proc.stdout
