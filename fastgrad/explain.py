@@ -364,7 +364,10 @@ SOFTMAX = Op(
         Equation(
             ("y_k = e^{x_k} / Σ_j e^{x_j}", "    = e^{x_k + c} / Σ_j e^{x_j + c}"),
             (
-                Source("softmax.softmax_forward", ("c = -_row_max(x, r)", "s = _exp_row_sum(y, x, r, c)", "y[r, k] = y[r, k] / s")),
+                Source(
+                    "softmax.softmax_forward",
+                    ("c = -_row_max(x, r)", "s = _exp_row_sum(y, x, r, c)", "inv = y.dtype.type(1) / s", "y[r, k] = y[r, k] * inv"),
+                ),
                 Source("softmax._exp_row_sum", ("e[r, k] = exp(x[r, k] + c)", "return _row_sum(e, r)")),
             ),
         ),

@@ -30,6 +30,7 @@ from .. import _jit
 from .._checks import activation_code, as_array, check_alloc, positive_int
 from ..kernels import conv as kconv
 from ..kernels.conv import ConvGeometry
+from ..kernels.products import MR
 from .common import NO_BIAS3, grad_buffer, same_dtype, unpack_grads, upstream
 from .geometry import conv_geometry, conv_out_shape
 
@@ -98,8 +99,8 @@ def conv_forward(x, K, B=None, stride=1, padding=0, dilation=1, groups=1, activa
     if geo.sh == 1 and geo.sw == 1:  # stride 1: long contiguous loops over wide planes (kernels.conv)
         xp = pad_wide(x4, geo)
         zw = np.empty((geo.N, geo.M, geo.Lz), x.dtype)
-        K2 = K4.reshape(geo.M, -1)
-        _jit.pick(kconv.conv_forward_s1, work)(y, z, xp, K2, bias, geo, code, zw, forward_taps(geo))
+        wp = pack_rows(K4.reshape(geo.groups, geo.Mg, -1))
+        _jit.pick(kconv.conv_forward_s1, work)(y, z, xp, wp, bias, geo, code, zw, forward_offsets(geo))
     else:
         _jit.pick(kconv.conv_forward, work)(y, z, x4, K4, bias, geo, code)
     cache = ConvCache(x4, K4, B3, z, geo, activation, nd, x.shape, K.shape, None if B is None else B.shape)
@@ -166,7 +167,8 @@ def _backward(dx, dK, dB, dy, cache: ConvCache, check_finite, where):
         dzw = widen_dz(dz, geo)
         _jit.pick(kconv.conv_backward_filter_s1, work)(dK4.reshape(geo.M, -1), dB3, dz, dzw, xp, geo, forward_taps(geo))
         dxw = np.empty((geo.N, geo.C, geo.Qr), x.dtype)
-        _jit.pick(kconv.conv_backward_data_s1, work)(dx4, dzw, filters_by_input(K, geo), geo, dxw, data_taps(geo))
+        kt = pack_rows(filters_by_input(K, geo).reshape(geo.groups, geo.Cg, -1))
+        _jit.pick(kconv.conv_backward_data_s1, work)(dx4, dzw, kt, geo, dxw, data_offsets(geo))
     else:
         _jit.pick(kconv.conv_backward_filter, work)(dK4, dB3, dz, x, geo)
         _jit.pick(kconv.conv_backward_data, work)(dx4, dz, K, geo)
@@ -210,13 +212,27 @@ def forward_taps(geo: ConvGeometry) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def data_taps(geo: ConvGeometry) -> np.ndarray:
-    """dL/dX's tap table (Mg kh kw, 2): row (k kh + ki) kw + kj = (k, front - offset of (ki, kj))."""
+def forward_offsets(geo: ConvGeometry) -> np.ndarray:
+    """The forward's tap offsets (Cg kh kw,): term (c kh + ki) kw + kj at c PS + ki dil_h Wp + kj dil_w."""
     offsets = _offsets(geo)
-    taps = np.empty((geo.Mg, offsets.size, 2), np.int64)
-    taps[:, :, 0] = np.arange(geo.Mg)[:, None]
-    taps[:, :, 1] = geo.front - offsets[None, :]
-    return taps.reshape(-1, 2)
+    return (np.arange(geo.Cg, dtype=np.int64)[:, None] * geo.PS + offsets[None, :]).reshape(-1)
+
+
+@lru_cache(maxsize=64)
+def data_offsets(geo: ConvGeometry) -> np.ndarray:
+    """dL/dX's tap offsets (Mg kh kw,): term (k kh + ki) kw + kj at k LD + front - (ki dil_h Wp + kj dil_w)."""
+    offsets = _offsets(geo)
+    return (np.arange(geo.Mg, dtype=np.int64)[:, None] * geo.LD + geo.front - offsets[None, :]).reshape(-1)
+
+
+def pack_rows(w3: np.ndarray) -> np.ndarray:
+    """Weights (G, rows, R) packed for products.tap_tile: per group and block of MR rows, for each
+    term t the MR values w3[g, r0 + i, t] (zeros past the group's rows), flattened."""
+    G, rows, R = w3.shape
+    blocks = -(-rows // MR)
+    padded = np.zeros((G, blocks * MR, R), w3.dtype)
+    padded[:, :rows] = w3
+    return np.ascontiguousarray(padded.reshape(G, blocks, MR, R).transpose(0, 1, 3, 2)).reshape(-1)
 
 
 def filters_by_input(K4: np.ndarray, geo: ConvGeometry) -> np.ndarray:

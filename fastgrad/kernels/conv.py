@@ -51,9 +51,10 @@ from typing import NamedTuple
 import numpy as np
 from numba import prange
 
-from .._jit import F1, F2, F3, F4, I2, helper, kernel
+from .._jit import F1, F2, F3, F4, I1, I2, helper, kernel
 from .activations import act, dact
-from .products import axpy_taps_1x1, axpy_taps_1x4, axpy_taps_4x4, dot_taps_1x1, dot_taps_4x3
+from .products import MR, dot_taps_1x1, dot_taps_4x3, tap_tile
+from .simd import lanes
 
 
 class ConvGeometry(NamedTuple):
@@ -384,57 +385,52 @@ def conv_backward_data(dx: F4, dz: F4, K: F4, geo: ConvGeometry):
 # 8x8 'same' (32, 16, 8, 32, 3) f32 54 -> 4.8 ms.  ROUND 16 instead of 32 made
 # no measurable difference (the loops carry 4-16 accumulator streams).
 #
-# The taps of a sum are listed once per call by the functional layer in an
-# int64 table ``taps`` (R, 2): row t = (c kh + ki) kw + kj holds (c, ki dil_h Wp
-# + kj dil_w), the channel and the offset of the tap in the wide plane (for
-# dL/dX: (k, front - offset)).  The weights of tap t are column t of the kernel
-# reshaped to (rows, R), so the products in kernels.products read both by t.
+# The terms of a sum are listed once per call by the functional layer: the
+# forward and dL/dX read a table of flat source offsets ``tapoff`` and weights
+# packed MR rows per term (``products.tap_tile``: an MR x NR register tile of
+# output channels x wide positions); dL/dK reads the (R, 2) table ``taps`` of
+# (channel, shift) pairs.  Measured 2 threads (AMD Zen 3), forward + backward
+# f32: see the notes of the commit that introduced tap_tile.
 
 #: trip counts are rounded up to a multiple of this (>= vector width x unroll)
 ROUND = 32
 
 
 @kernel
-def conv_forward_s1(y: F4, z: F4, xp: F3, K2: F2, B: F3, geo: ConvGeometry, code: int, zw: F3, taps: I2):
+def conv_forward_s1(y: F4, z: F4, xp: F3, wp: F1, B: F3, geo: ConvGeometry, code: int, zw: F3, tapoff: I1):
     """The forward of :func:`conv_forward` for stride 1, over wide positions p = oh Wp + ow::
 
-        zw[n, k, p] = sum_{t = (c, ki, kj)} K2[k, t] * xp[n, g Cg + c, p + ki dil_h Wp + kj dil_w]
+        zw[n, k, p] = sum_{t = (c, ki, kj)} K[k, c, ki, kj] * xp[n, g Cg + c, p + ki dil_h Wp + kj dil_w]
         z[n, k, oh, ow] = B[k, oh, ow] + zw[n, k, oh Wp + ow]        (ow < Wo)
         y[n, k, oh, ow] = sigma(z[n, k, oh, ow])
 
     i.e. Z_k = B_k + sum_j X_j (star) K_kj with xp the zero-padded input.
     Shapes: y, z (N, M, Ho, Wo) overwritten; xp (N, C, PS) the padded input;
-    K2 (M, Cg kh kw) the kernel with its taps flattened (a view of K);
-    B as :func:`conv_forward`; zw (N, M, Lz) workspace; taps (Cg kh kw, 2)
-    the tap table (module notes).  Parallel over (sample,
-    group, block of 4 output channels), the owner of z[n, k] and zw[n, k]; the
-    sum over the R terms runs 4 terms x 4 channels at a time.
+    wp the weights packed per group and block of MR output channels, for each
+    term t = (c kh + ki) kw + kj the MR values K[m0 + i, c, ki, kj] (zeros past
+    the group's channels); B as :func:`conv_forward`; zw (N, M, Lz) workspace;
+    tapoff (Cg kh kw,) the offset c PS + ki dil_h Wp + kj dil_w of each term.
+    Parallel over (sample, group, block of MR output channels), the owner of
+    z[n, k] and zw[n, k]; each block is one row of register tiles
+    (``products.tap_tile``) along the wide positions.
     """
     G = geo.groups
     Mg = geo.Mg
-    nblk = (Mg + BLOCK - 1) // BLOCK
-    zero = z.dtype.type(0)
-    R = taps.shape[0]
-    Rb = R - R % 4
+    nblk = (Mg + MR - 1) // MR
+    R = tapoff.shape[0]
+    xpf = xp.reshape(-1)
+    zwf = zw.reshape(-1)
+    nrf = 2 * lanes(wp)
     for t in prange(geo.N * G * nblk):
         n = t // (G * nblk)
         g = (t // nblk) % G
-        m0 = g * Mg + (t % nblk) * BLOCK
-        nm = min(BLOCK, g * Mg + Mg - m0)
-        cg = g * geo.Cg
-        for q in range(nm):
-            for p in range(geo.Lz):
-                zw[n, m0 + q, p] = zero
-        if nm == BLOCK:
-            for r in range(0, Rb, 4):
-                axpy_taps_4x4(zw, n, m0, xp, cg, taps, K2, r, geo.Lz)
-        else:
-            for q in range(nm):
-                for r in range(0, Rb, 4):
-                    axpy_taps_1x4(zw, n, m0 + q, xp, cg, taps, K2, r, geo.Lz)
-        for q in range(nm):
-            for r in range(Rb, R):
-                axpy_taps_1x1(zw, n, m0 + q, xp, cg, taps, K2, r, geo.Lz)
+        mb = t % nblk
+        m0 = g * Mg + mb * MR
+        nm = min(MR, g * Mg + Mg - m0)
+        wo = (g * nblk + mb) * R * MR
+        sbase = (n * geo.C + g * geo.Cg) * geo.PS
+        for p0 in range(0, geo.Lz, nrf):
+            tap_tile(wp, wo, xpf, sbase + p0, tapoff, zwf, (n * geo.M + m0) * geo.Lz + p0, geo.Lz, nm)
         for oh in range(geo.Ho):
             _bias_rows(z, B, n, m0, nm, oh)
         for q in range(nm):
@@ -493,7 +489,7 @@ def conv_backward_filter_s1(dK2: F2, dB: F3, dz: F4, dzw: F3, xp: F3, geo: ConvG
 
 
 @kernel
-def conv_backward_data_s1(dx: F4, dzw: F3, KT: F2, geo: ConvGeometry, dxw: F3, taps: I2):
+def conv_backward_data_s1(dx: F4, dzw: F3, kt: F1, geo: ConvGeometry, dxw: F3, tapoff: I1):
     """dL/dX_j = sum_k dL/dZ_k (*) K_kj for stride 1, accumulated into dx, over wide positions::
 
         dxw[n, c, q] = sum_{k, ki, kj} K[k, c, ki, kj] * dzw[n, k, front + q - ki dil_h Wp - kj dil_w]
@@ -501,37 +497,29 @@ def conv_backward_data_s1(dx: F4, dzw: F3, KT: F2, geo: ConvGeometry, dxw: F3, t
 
     (the full convolution: dzw is dL/dZ at wide positions, zero outside, so the
     sum runs over exactly the (k, ki, kj, oh, ow) of the forward that read x[n, c, ih, iw]).
-    Shapes: dx (N, C, H, W); dzw (N, M, LD) the wide dL/dZ; KT (C, Mg kh kw)
-    the kernel regrouped by input channel, KT[g Cg + c, (k kh + ki) kw + kj] =
-    K[g Mg + k, c, ki, kj]; dxw (N, C, Qr) workspace; taps the (Mg kh
-    kw, 2) taps of (k, front - offset).  Parallel over (sample, group, block
-    of 4 input channels), the owner of dx[n, c] and dxw[n, c]; 4 terms x 4
-    input channels per pass.
+    Shapes: dx (N, C, H, W); dzw (N, M, LD) the wide dL/dZ; kt the weights
+    packed per group and block of MR input channels, for each term
+    t = (k kh + ki) kw + kj the MR values K[g Mg + k, c0 + i, ki, kj]; dxw
+    (N, C, Qr) workspace; tapoff (Mg kh kw,) the offset k LD + front - ki dil_h
+    Wp - kj dil_w of each term.  Parallel over (sample, group, block of MR input
+    channels), the owner of dx[n, c] and dxw[n, c]; register tiles as the forward's.
     """
-    R = taps.shape[0]
-    Rb = R - R % 4
     Cg = geo.Cg
-    cblk = (Cg + BLOCK - 1) // BLOCK
-    zero = dx.dtype.type(0)
+    cblk = (Cg + MR - 1) // MR
+    R = tapoff.shape[0]
+    dzwf = dzw.reshape(-1)
+    dxwf = dxw.reshape(-1)
+    nrf = 2 * lanes(kt)
     for t in prange(geo.N * geo.groups * cblk):
         n = t // (geo.groups * cblk)
         g = (t // cblk) % geo.groups
-        c0 = g * Cg + (t % cblk) * BLOCK  # first input channel of the block
-        nc = min(BLOCK, g * Cg + Cg - c0)
-        mg = g * geo.Mg
-        for q in range(nc):
-            for p in range(geo.Qr):
-                dxw[n, c0 + q, p] = zero
-        if nc == BLOCK:
-            for r in range(0, Rb, 4):
-                axpy_taps_4x4(dxw, n, c0, dzw, mg, taps, KT, r, geo.Qr)
-        else:
-            for q in range(nc):
-                for r in range(0, Rb, 4):
-                    axpy_taps_1x4(dxw, n, c0 + q, dzw, mg, taps, KT, r, geo.Qr)
-        for q in range(nc):
-            for r in range(Rb, R):
-                axpy_taps_1x1(dxw, n, c0 + q, dzw, mg, taps, KT, r, geo.Qr)
+        cb = t % cblk
+        c0 = g * Cg + cb * MR
+        nc = min(MR, g * Cg + Cg - c0)
+        wo = (g * cblk + cb) * R * MR
+        sbase = (n * geo.M + g * geo.Mg) * geo.LD
+        for q0 in range(0, geo.Qr, nrf):
+            tap_tile(kt, wo, dzwf, sbase + q0, tapoff, dxwf, (n * geo.C + c0) * geo.Qr + q0, geo.Qr, nc)
         for q in range(nc):
             c = c0 + q
             for ih in range(geo.H):

@@ -26,10 +26,10 @@ strides (:class:`Operand`), so one compiled kernel serves x W^T, dz W and dz^T x
 without transposed copies.  :func:`matmul_reference` is the plain index-form
 loop the core computes (the tests' oracle).
 
-**The stride-1 convolution's tap-table products** (second half): axpy form
-``out[r, p] += sum_t w[r, t] src[base + tap_t, off_t + p]`` and dot form over
-the wide planes of kernels.conv, register-blocked 4 x 4 and 4 x 3 (measured on
-a 2-core AMD Zen 3 box, AVX2; numbers beside each helper).
+**The stride-1 convolution's products** (second half), over the wide planes
+of kernels.conv: :func:`tap_tile`, the same register tile reading its second
+operand in place through a table of tap offsets (forward and dL/dX), and the
+dot form of dL/dK (4 x 3 blocked, measured on a 2-core AMD Zen 3 box).
 """
 
 from typing import NamedTuple
@@ -417,85 +417,75 @@ def matmul(c: F1, ldc: int, a: Operand, b: Operand, bias: F1, accumulate: bool, 
 
 
 # --------------------------------------------------------------------------
-# tap-table products of the stride-1 convolution (kernels.conv)
+# the stride-1 convolution (kernels.conv)
 # --------------------------------------------------------------------------
-# A tap table ``taps`` (R, 2) lists, for term t of a sum, the source row
-# (``base + taps[t, 0]``) and its offset (``taps[t, 1]``) in a flattened plane;
-# the weight of term t for output row r is ``w[r, t]``.  Positions run over
-# unsigned indices: with signed ones numba's negative-index wraparound branch
-# blocked SIMD (measured).
+# A tap offset table ``tapoff`` (R,) lists, for term t of a sum, the flat offset
+# of the term's source (its plane and its shift inside the plane) from a base
+# address.  The dot form below reads ``taps`` (R, 2) = (row, shift) instead.
+# Positions run over unsigned indices: with signed ones numba's negative-index
+# wraparound branch blocked SIMD (measured).
 
 
 @helper
-def axpy_taps_4x4(out, n, r0, src, base, taps, w, t, cnt):
-    """out[n, r0 + q, p] += sum_{e < 4} w[r0 + q, t + e] src[n, base + taps[t + e, 0], taps[t + e, 1] + p].
+def tap_tile(wp, wo, srcf, sbase, tapoff, outf, co, ldo, mr):
+    """outf[co + i ldo + q] = sum_t wp[wo + t MR + i] srcf[sbase + tapoff[t] + q] for i < mr, q < NR.
 
-    For q < 4 and p < cnt: 4 output rows x 4 terms, 4 loads of src feed 16
-    multiply-adds per position, one read-modify-write per output row.
+    The direct convolution's register tile: MR output rows (channels) x NR
+    consecutive wide positions, summed over every term t of the tap table.
+    ``wp`` holds the weights packed MR rows per term (for each t, MR consecutive
+    values); the source is read in place, one contiguous run of NR positions
+    per term (the wide layout makes every tap a constant offset), so per term:
+    2 vector loads, MR broadcasts, 2 MR fused multiply-adds, as the product
+    core's micro-kernel.  Rows past mr (zero weights) are not stored.
     """
-    s0 = base + taps[t, 0]
-    s1 = base + taps[t + 1, 0]
-    s2 = base + taps[t + 2, 0]
-    s3 = base + taps[t + 3, 0]
-    u0 = np.uint64(taps[t, 1])
-    u1 = np.uint64(taps[t + 1, 1])
-    u2 = np.uint64(taps[t + 2, 1])
-    u3 = np.uint64(taps[t + 3, 1])
-    # weight w<row><term>
-    w00 = w[r0, t]
-    w01 = w[r0, t + 1]
-    w02 = w[r0, t + 2]
-    w03 = w[r0, t + 3]
-    w10 = w[r0 + 1, t]
-    w11 = w[r0 + 1, t + 1]
-    w12 = w[r0 + 1, t + 2]
-    w13 = w[r0 + 1, t + 3]
-    w20 = w[r0 + 2, t]
-    w21 = w[r0 + 2, t + 1]
-    w22 = w[r0 + 2, t + 2]
-    w23 = w[r0 + 2, t + 3]
-    w30 = w[r0 + 3, t]
-    w31 = w[r0 + 3, t + 1]
-    w32 = w[r0 + 3, t + 2]
-    w33 = w[r0 + 3, t + 3]
-    for p in range(np.uint64(cnt)):
-        v0 = src[n, s0, u0 + p]
-        v1 = src[n, s1, u1 + p]
-        v2 = src[n, s2, u2 + p]
-        v3 = src[n, s3, u3 + p]
-        out[n, r0, p] += w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
-        out[n, r0 + 1, p] += w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
-        out[n, r0 + 2, p] += w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
-        out[n, r0 + 3, p] += w30 * v0 + w31 * v1 + w32 * v2 + w33 * v3
-
-
-@helper
-def axpy_taps_1x4(out, n, r, src, base, taps, w, t, cnt):
-    """out[n, r, p] += sum_{e < 4} w[r, t + e] src[n, base + taps[t + e, 0], taps[t + e, 1] + p] (edge rows)."""
-    s0 = base + taps[t, 0]
-    s1 = base + taps[t + 1, 0]
-    s2 = base + taps[t + 2, 0]
-    s3 = base + taps[t + 3, 0]
-    u0 = np.uint64(taps[t, 1])
-    u1 = np.uint64(taps[t + 1, 1])
-    u2 = np.uint64(taps[t + 2, 1])
-    u3 = np.uint64(taps[t + 3, 1])
-    w0 = w[r, t]
-    w1 = w[r, t + 1]
-    w2 = w[r, t + 2]
-    w3 = w[r, t + 3]
-    for p in range(np.uint64(cnt)):
-        out[n, r, p] += w0 * src[n, s0, u0 + p] + w1 * src[n, s1, u1 + p] + w2 * src[n, s2, u2 + p] + w3 * src[n, s3, u3 + p]
-
-
-@helper
-def axpy_taps_1x1(out, n, r, src, base, taps, w, t, cnt):
-    """out[n, r, p] += w[r, t] src[n, base + taps[t, 0], taps[t, 1] + p] (edge terms)."""
-    s0 = base + taps[t, 0]
-    u0 = np.uint64(taps[t, 1])
-    w0 = w[r, t]
-    for p in range(np.uint64(cnt)):
-        out[n, r, p] += w0 * src[n, s0, u0 + p]
+    w = lanes(wp)
+    c00 = vzero(wp)
+    c01 = c00
+    c10 = c00
+    c11 = c00
+    c20 = c00
+    c21 = c00
+    c30 = c00
+    c31 = c00
+    c40 = c00
+    c41 = c00
+    c50 = c00
+    c51 = c00
+    ao = wo
+    for t in range(tapoff.shape[0]):
+        src = sbase + tapoff[t]
+        b0 = vload(srcf, src)
+        b1 = vload(srcf, src + w)
+        a = vbroadcast_at(wp, ao)
+        c00 = vfma(a, b0, c00)
+        c01 = vfma(a, b1, c01)
+        a = vbroadcast_at(wp, ao + 1)
+        c10 = vfma(a, b0, c10)
+        c11 = vfma(a, b1, c11)
+        a = vbroadcast_at(wp, ao + 2)
+        c20 = vfma(a, b0, c20)
+        c21 = vfma(a, b1, c21)
+        a = vbroadcast_at(wp, ao + 3)
+        c30 = vfma(a, b0, c30)
+        c31 = vfma(a, b1, c31)
+        a = vbroadcast_at(wp, ao + 4)
+        c40 = vfma(a, b0, c40)
+        c41 = vfma(a, b1, c41)
+        a = vbroadcast_at(wp, ao + 5)
+        c50 = vfma(a, b0, c50)
+        c51 = vfma(a, b1, c51)
+        ao += MR
+    _put_row(outf, co, w, c00, c01, False)
+    if mr > 1:
+        _put_row(outf, co + ldo, w, c10, c11, False)
+    if mr > 2:
+        _put_row(outf, co + 2 * ldo, w, c20, c21, False)
+    if mr > 3:
+        _put_row(outf, co + 3 * ldo, w, c30, c31, False)
+    if mr > 4:
+        _put_row(outf, co + 4 * ldo, w, c40, c41, False)
+    if mr > 5:
+        _put_row(outf, co + 5 * ldo, w, c50, c51, False)
 
 
 @helper

@@ -77,11 +77,16 @@ def _exp_row_sum(e, x, r, c):
     return _row_sum(e, r)
 
 
-@helper(fastmath=False)
-def _row_logsumexp(x, r, scratch):
-    """log sum_j e^{x[r, j]} computed as max + log sum_j e^{x[r, j] - max}; overwrites scratch[r, :]."""
-    m = _row_max(x, r)
-    return m + math.log(_exp_row_sum(scratch, x, r, -m))
+@helper(fastmath=False, reassoc=True)
+def _exp_sum(x, r, c):
+    """sum_k e^{x[r, k] + c} without storing the exps (log-softmax needs only their sum).
+
+    The fused exp-and-add loop vectorises: the sum carries the reassoc flag alone.
+    """
+    s = x.dtype.type(0)
+    for k in range(x.shape[1]):
+        s += exp(x[r, k] + c)
+    return s
 
 
 @kernel(fastmath=False)
@@ -95,8 +100,9 @@ def softmax_forward(y: F2, x: F2):
     for r in prange(R):
         c = -_row_max(x, r)
         s = _exp_row_sum(y, x, r, c)  # y[r, k] = e^{x[r, k] + c}; s = sum_j y[r, j]
+        inv = y.dtype.type(1) / s  # one division per row, a multiply per element
         for k in range(n):
-            y[r, k] = y[r, k] / s
+            y[r, k] = y[r, k] * inv
 
 
 @kernel(fastmath=False)
@@ -118,7 +124,8 @@ def log_softmax_forward(out: F2, x: F2):
     """out[r, k] = x[r, k] - log sum_j e^{x[r, j]}  (stable log-sum-exp).  Shapes (R, n)."""
     R, n = x.shape
     for r in prange(R):
-        lse = _row_logsumexp(x, r, out)
+        m = _row_max(x, r)
+        lse = m + math.log(_exp_sum(x, r, -m))  # the exps are summed, never stored
         for k in range(n):
             out[r, k] = x[r, k] - lse
 
@@ -147,11 +154,14 @@ def cross_entropy_labels(losses: F1, dlogits: F2, x: F2, labels: I1, scale: Real
     """
     R, n = x.shape
     for r in prange(R):
-        lse = _row_logsumexp(x, r, dlogits)
+        m = _row_max(x, r)
+        s = _exp_row_sum(dlogits, x, r, -m)  # dlogits[r, j] = e^{x[r, j] - m}: one exp per element
+        lse = m + math.log(s)
         t = labels[r]
         losses[r] = lse - x[r, t]
+        factor = scale / s  # y[r, j] = e^{x[r, j] - m} / s, times the reduction's scale
         for j in range(n):
-            dlogits[r, j] = scale * exp(x[r, j] - lse)
+            dlogits[r, j] = dlogits[r, j] * factor
         dlogits[r, t] -= scale
 
 
@@ -167,12 +177,15 @@ def cross_entropy_probs(losses: F1, dlogits: F2, x: F2, p: F2, scale: Real):
     """
     R, n = x.shape
     for r in prange(R):
-        lse = _row_logsumexp(x, r, dlogits)
+        m = _row_max(x, r)
+        s = _exp_row_sum(dlogits, x, r, -m)  # dlogits[r, j] = e^{x[r, j] - m}: one exp per element
+        lse = m + math.log(s)
         loss = x.dtype.type(0)
         for k in range(n):
             if p[r, k] != 0:  # 0 * log y is 0 even where y underflows
                 loss += p[r, k] * (lse - x[r, k])
         total = _row_sum(p, r)  # sum_k p[r, k]
         losses[r] = loss
+        factor = total / s
         for j in range(n):
-            dlogits[r, j] = scale * (exp(x[r, j] - lse) * total - p[r, j])
+            dlogits[r, j] = scale * (dlogits[r, j] * factor - p[r, j])
