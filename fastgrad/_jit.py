@@ -75,6 +75,12 @@ FASTMATH = frozenset({"contract", "reassoc", "nsz", "arcp", "afn"})
 #: 5-15 us, which is the time of roughly 2**15 fused multiply-adds.
 PARALLEL_MIN_WORK = 1 << 15
 
+#: The same for kernels on the product core, which pack in one parallel launch and
+#: multiply in a second: measured (AMD Zen 3, float32) dense forward (32, 128, 128),
+#: 2**19 multiply-adds, serial 34 us, parallel 50 us; (128, 512, 512) serial 1.43 ms,
+#: parallel 1.01 ms.
+CORE_SERIAL_BELOW = 1 << 21
+
 _KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 
 #: numba's parallel passes, reduced to what the kernels use: explicit ``prange``
@@ -425,10 +431,12 @@ class Kernel:
     twin through :func:`pick` semantics with unknown work (always parallel).
     """
 
-    def __init__(self, py_func, fastmath: bool, dynamic: bool = False):
+    def __init__(self, py_func, fastmath: bool, dynamic: bool = False, serial_below: int | None = None):
         flags = set(FASTMATH) if fastmath else False
         self.py_func = py_func
         self.dynamic = dynamic
+        #: work (multiply-adds) below which pick() runs the serial twin; None: PARALLEL_MIN_WORK
+        self.serial_below = serial_below
         self.__name__ = py_func.__name__
         self.__doc__ = py_func.__doc__
         self.__wrapped__ = py_func
@@ -462,8 +470,11 @@ class Kernel:
 KERNELS: list[Kernel] = []
 
 
-def kernel(py_func=None, *, fastmath: bool = True, dynamic: bool = False):
+def kernel(py_func=None, *, fastmath: bool = True, dynamic: bool = False, serial_below: int | None = None):
     """Declare a kernel: returns a :class:`Kernel` with parallel and serial twins.
+
+    ``serial_below``: work under which the serial twin runs, for kernels whose
+    parallel twin has more than one launch to pay for (default PARALLEL_MIN_WORK).
 
     ``dynamic=True``: the parallel twin's ``prange`` iterations are handed to
     the threads one at a time as they finish (numba's parallel chunk size 1)
@@ -474,7 +485,7 @@ def kernel(py_func=None, *, fastmath: bool = True, dynamic: bool = False):
     """
 
     def wrap(func):
-        k = Kernel(func, fastmath, dynamic)
+        k = Kernel(func, fastmath, dynamic, serial_below)
         KERNELS.append(k)
         return k
 
@@ -562,7 +573,9 @@ def pick(k: Kernel, work: int):
     child of an OpenMP parent; the parallel twin otherwise, behind a lock when
     the workqueue layer is active (it is not re-entrant across Python threads).
     """
-    if work < PARALLEL_MIN_WORK or _serial_only or numba.get_num_threads() == 1:
+    # PARALLEL_MIN_WORK = 0 forces every parallel twin (the tests and warm-up do that)
+    limit = PARALLEL_MIN_WORK if k.serial_below is None or PARALLEL_MIN_WORK == 0 else k.serial_below
+    if work < limit or _serial_only or numba.get_num_threads() == 1:
         return k.serial
     # setting numba's chunk size costs ~5 us a call: only worth it for large work
     fn = _Dynamic(k.parallel) if k.dynamic and work >= 64 * PARALLEL_MIN_WORK else k.parallel

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from numba import prange
 
-from .._jit import F1, F2, helper, kernel
+from .._jit import CORE_SERIAL_BELOW, F1, F2, helper, kernel
 from .activations import act
 from .products import GemmPlan, Operand, Packed, gemm_task, pack_count, pack_item, task_block, task_count
 
@@ -57,7 +57,7 @@ def dense_reference(z, x, W, b):
                 z[s, k] = acc
 
 
-@kernel
+@kernel(serial_below=CORE_SERIAL_BELOW)
 def dense_forward(y: F2, z: F2, x: F2, W: F2, b: F1, code: int, packed: Packed, plan: GemmPlan):
     """z[s, k] = b[k] + sum_j W[k, j] * x[s, j];  y[s, k] = sigma(z[s, k]).
 
@@ -83,7 +83,7 @@ def dense_forward(y: F2, z: F2, x: F2, W: F2, b: F1, code: int, packed: Packed, 
                     y[s, k] = act(z[s, k], code)
 
 
-@kernel(dynamic=True)  # the dx and dW tasks of one launch differ in cost
+@kernel(dynamic=True, serial_below=CORE_SERIAL_BELOW)  # the dx and dW tasks of one launch differ in cost
 def dense_backward(grads: DenseGrads, dz: F2, x: F2, W: F2, p_dx: Packed, p_dw: Packed, plan_dx: GemmPlan, plan_dw: GemmPlan):
     """Accumulate dx, dW, db (``+=``) from dz = dL/dz, reversing ``z[s, k] = b[k] + sum_j W[k, j] x[s, j]``:
 

@@ -53,7 +53,7 @@ from typing import NamedTuple
 
 from numba import prange
 
-from .._jit import F1, F2, F3, F4, I1, helper, kernel
+from .._jit import CORE_SERIAL_BELOW, F1, F2, F3, F4, I1, helper, kernel
 from .activations import act_row, dact_from_output
 from .products import (
     ADD,
@@ -226,7 +226,7 @@ def block_product(a, r0, nb, packed, plan, c, ldc, mode):
             micro_kernel(kc, packed, tile, c, ldc, ap[:0], block_mode)
 
 
-@kernel
+@kernel(serial_below=CORE_SERIAL_BELOW)
 def lstm_forward(out: LSTMOut, saved: LSTMSaved, inputs: LSTMInputs, W: F3, b: F2, buffers: LSTMBuffers,
                  plan_proj: GemmPlan, plan_rec: GemmPlan):
     """Forward pass over all T steps, saving what lstm_backward needs.
@@ -347,7 +347,7 @@ def cell_backward(grads, scratch, upstream, saved, t, n, codes):
         scratch.dc[n, k] = dc * gate_f
 
 
-@kernel(dynamic=True)  # the dx and dW tasks of one launch differ in cost
+@kernel(dynamic=True, serial_below=CORE_SERIAL_BELOW)  # the dx and dW tasks of one launch differ in cost
 def lstm_backward(grads: LSTMGrads, scratch: LSTMScratch, upstream: LSTMUpstream, saved: LSTMSaved, W: F3,
                   lengths: I1, codes: I1, plan_rec: GemmPlan, plan_dx: GemmPlan, plan_dw: GemmPlan):
     """BPTT: every gradient in ``grads`` accumulated (``+=``); ``scratch`` overwritten.

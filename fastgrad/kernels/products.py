@@ -32,13 +32,14 @@ operand in place through a table of tap offsets (forward and dL/dX), and the
 dot form of dL/dK (4 x 3 blocked, measured on a 2-core AMD Zen 3 box).
 """
 
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
 
 from numba import prange
 
-from .._jit import F1, cpu_info, helper, kernel
+from .._jit import CORE_SERIAL_BELOW, F1, cpu_info, helper, kernel
 from .simd import lanes, sload, sstore, vadd, vbroadcast_at, vfma, vload, vload_partial, vstore, vstore_partial, vzero
 
 # --------------------------------------------------------------------------
@@ -108,6 +109,12 @@ def nr_of(dtype) -> int:
 
 
 def cache_blocks(dtype) -> tuple:
+    """(KC, MC, NC) for a dtype (see :func:`_cache_blocks`)."""
+    return _cache_blocks(np.dtype(dtype).name)
+
+
+@lru_cache(maxsize=None)
+def _cache_blocks(dtype) -> tuple:
     """(KC, MC, NC) from the cache sizes of the CPU (s = element size, NR = 2 W):
 
     KC = L1d / (2 NR s)   a KC x NR micro-panel of B fills half of L1d (every A
@@ -130,6 +137,14 @@ def cache_blocks(dtype) -> tuple:
 def gemm_plan(m: int, n: int, k: int, dtype) -> GemmPlan:
     """The blocks one product uses: the cache blocks evened out over the shape (no tiny last
     block) and at least MIN_TASKS tasks.  Depends on the shapes, dtype and caches only."""
+    return _gemm_plan(m, n, k, np.dtype(dtype))
+
+
+@lru_cache(maxsize=4096)  # a training step asks for the same few plans every call (a miss costs ~10 us)
+def _gemm_plan(m: int, n: int, k: int, dtype: np.dtype) -> GemmPlan:
+    m = int(m)
+    n = int(n)
+    k = int(k)
     kc, mc, nc = cache_blocks(dtype)
     nr = nr_of(dtype)
     n_kb = max(1, -(-k // kc))
@@ -147,6 +162,11 @@ def gemm_plan(m: int, n: int, k: int, dtype) -> GemmPlan:
 
 def packed_sizes(plan: GemmPlan, dtype) -> tuple:
     """(size of ap, size of bp) for a plan: A and B zero-padded to MR rows / NR columns, all of k."""
+    return _packed_sizes(plan, np.dtype(dtype))
+
+
+@lru_cache(maxsize=4096)
+def _packed_sizes(plan: GemmPlan, dtype: np.dtype) -> tuple:
     nr = nr_of(dtype)
     return max(1, -(-plan.m // MR) * MR * plan.k), max(1, plan.k * -(-plan.n // nr) * nr)
 
@@ -401,7 +421,7 @@ def gemm_task(t, c, ldc, bias, accumulate, packed, plan):
                 c[i * ldc + j] = bias[j] if bias.shape[0] > 0 else 0
 
 
-@kernel
+@kernel(serial_below=CORE_SERIAL_BELOW)
 def matmul(c: F1, ldc: int, a: Operand, b: Operand, bias: F1, accumulate: bool, packed: Packed, plan: GemmPlan):
     """C[i, j] = bias[j] + sum_p A[i, p] B[p, j] (bias of shape (0,): none), or C += A B with ``accumulate``.
 
