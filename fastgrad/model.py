@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 
-from ._checks import as_array, positive_int
-from .layers.base import Layer, layer_type
+from ._checks import as_array, as_indices, positive_int
+from .layers.base import Layer, evaluating, layer_type, takes_indices
 from .losses import CrossEntropyLoss, Loss
 
 
@@ -39,6 +39,11 @@ class Sequential(Layer):
     @property
     def grads(self) -> dict:
         return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.grads.items()}
+
+    @property
+    def buffers(self) -> dict:
+        """All layers' buffers (BatchNorm running statistics) as one dict ``{"1.running_mean": array, ...}``."""
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in getattr(layer, "buffers", {}).items()}
 
     @property
     def dtype(self):
@@ -98,11 +103,18 @@ class Sequential(Layer):
 
     # -- training -----------------------------------------------------------
     def predict(self, x, batch_size=256):
-        """Forward pass in batches (no gradients kept beyond the last batch's cache)."""
-        x = as_array(x, "x", "Sequential.predict")
+        """Forward pass in batches, in evaluation mode (Dropout off, BatchNorm on its running
+        statistics; each layer's mode is restored afterwards); no gradients kept beyond the last batch's cache.
+        """
+        x = self._data(x, "Sequential.predict", None)
         batch_size = positive_int(batch_size, "batch_size", "Sequential.predict")
-        outs = [self.forward(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        with evaluating(self):
+            outs = [self.forward(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
         return np.concatenate(outs, axis=0)
+
+    def _data(self, x, where, dtype):
+        """x for predict/evaluate: int64 indices when the first layer takes indices (Embedding), else floats."""
+        return as_indices(x, "x", where) if takes_indices(self) else as_array(x, "x", where, dtype=dtype)
 
     def fit(
         self,
@@ -130,7 +142,7 @@ class Sequential(Layer):
         if not hasattr(optimizer, "step"):
             raise TypeError(f"{where}: optimizer must have a step() method, got {type(optimizer).__name__}")
         x, y, epochs, batch_size, classify, history = fit_setup(
-            x, y, loss, epochs, batch_size, validation_data, self.dtype, where
+            x, y, loss, epochs, batch_size, validation_data, None if takes_indices(self) else self.dtype, where
         )
         rng = np.random.default_rng(seed)
         n = x.shape[0]
@@ -178,8 +190,8 @@ class Sequential(Layer):
         return history
 
     def evaluate(self, x, y, loss, batch_size=256):
-        """(mean loss, accuracy or None) over a data set, in batches."""
-        x = as_array(x, "x", "Sequential.evaluate", dtype=self.dtype)
+        """(mean loss, accuracy or None) over a data set, in batches, in evaluation mode (see predict)."""
+        x = self._data(x, "Sequential.evaluate", self.dtype)
         y = np.asarray(y)
         out = self.predict(x, batch_size)
         value = loss(out, y)
@@ -193,13 +205,14 @@ def fit_setup(x, y, loss, epochs, batch_size, validation_data, dtype, where):
     """Validate fit()'s arguments; returns (x, y, epochs, batch_size, classify, empty history).
 
     Shared by Sequential.fit and distributed.fit so both accept and refuse the
-    same inputs and fill the same history keys.
+    same inputs and fill the same history keys.  ``dtype`` None: x is integer
+    indices (a model starting with an Embedding), kept as int64.
     """
     if not isinstance(loss, Loss):
         raise TypeError(f"{where}: loss must be a fastgrad loss (MSELoss, CrossEntropyLoss), got {type(loss).__name__}")
     epochs = positive_int(epochs, "epochs", where)
     batch_size = positive_int(batch_size, "batch_size", where)
-    x = as_array(x, "x", where, dtype=dtype)
+    x = as_indices(x, "x", where) if dtype is None else as_array(x, "x", where, dtype=dtype)
     y = np.asarray(y)
     if y.shape[:1] != x.shape[:1]:
         raise ValueError(f"{where}: y has {y.shape[:1]} samples but x has {x.shape[:1]}")

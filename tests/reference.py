@@ -9,6 +9,7 @@ with the kernels is unlikely.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import erf  # complex-capable, for the complex step (scipy comes with scikit-learn)
 
 _SQRT_2_PI = np.sqrt(2.0 / np.pi)
 
@@ -39,6 +40,8 @@ def activation(name: str, z):
     if name == "hard_tanh":
         r = np.real(z)
         return np.where(r <= -1, 0 * z - 1, np.where(r >= 1, 0 * z + 1, z))
+    if name == "gelu_erf":
+        return 0.5 * z * (1.0 + erf(z / np.sqrt(2.0)))
     raise ValueError(name)
 
 

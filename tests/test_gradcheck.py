@@ -34,7 +34,29 @@ def _cases():
         (fg.LogSoftmax(), x(3, 5)),
         (fg.LSTM(2, 2, num_layers=2, bidirectional=True, seed=5), x(3, 2, 2)),
         (fg.Sequential(fg.Dense(4, 3, "tanh", seed=6), fg.Softmax()), x(2, 4)),
+        (fg.Embedding(6, 3, seed=8), rng.integers(0, 6, (2, 4))),  # indices: no x row
+        (fg.Dropout(0.4).eval(), x(3, 4)),  # training draws a new mask per forward: checked in eval mode
+        (_affine(fg.LayerNorm((2, 3)), rng), x(2, 2, 3)),
+        (_affine(fg.BatchNorm1D(3), rng), x(4, 3, 2)),  # training mode: the batch statistics
+        (_running(_affine(fg.BatchNorm2D(2), rng), rng).eval(), x(2, 2, 2, 3)),  # eval: the running ones
     ]
+
+
+def _affine(layer, rng):
+    """gamma, beta away from their (1, 0) start, so an error in either shows."""
+    layer.params["gamma"][...] = 1 + 0.5 * rng.standard_normal(layer.params["gamma"].shape)
+    layer.params["beta"][...] = rng.standard_normal(layer.params["beta"].shape)
+    return layer
+
+
+def _running(layer, rng):
+    layer.buffers["running_mean"][...] = rng.standard_normal(layer.num_features)
+    layer.buffers["running_var"][...] = 0.5 + rng.random(layer.num_features)
+    return layer
+
+
+def _x_row(layer):
+    return [] if layer.takes_indices else ["x"]
 
 
 def test_the_cases_cover_every_builtin_layer_type():
@@ -56,7 +78,7 @@ def _inject(layer, target):
 
 
 def _targets():
-    return [(i, t) for i, (layer, _) in enumerate(_cases()) for t in ["x", *layer.params]]
+    return [(i, t) for i, (layer, _) in enumerate(_cases()) for t in [*_x_row(layer), *layer.params]]
 
 
 @pytest.mark.parametrize("mode", ["full", "directional"])
@@ -68,7 +90,7 @@ def test_one_percent_error_injected_on_the_instance_is_caught(case, target, mode
     with pytest.raises(fg.GradcheckError) as info:
         fg.gradcheck(layer, x, mode=mode)
     rows = {r.name: r.ok for r in info.value.report.rows}
-    assert rows == {name: name != target for name in ["x", *layer.params]}
+    assert rows == {name: name != target for name in [*_x_row(layer), *layer.params]}
     assert "backward" in vars(layer)  # the instance's own method survived the check
 
 
@@ -116,7 +138,7 @@ def _assert_unchanged(snap):
 
 def _used(layer, x):
     """After a forward and backward in float32: nonzero grads and a saved cache, as mid-training."""
-    y = layer.forward(x.astype(np.float32))
+    y = layer.forward(x.astype(np.float32) if x.dtype.kind == "f" else x)
     layer.backward(np.ones_like(y))
     return layer
 
