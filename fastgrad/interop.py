@@ -28,6 +28,8 @@ LSTM                                      LSTM (bias=False: b = 0)
 
 Softplus: torch returns x itself where x > threshold (20); fastgrad computes
 max(x, 0) + log1p(e^-|x|) everywhere, which differs there by at most e^-20 = 2e-9.
+Hardsigmoid: torch's backward multiplies by 1/6 rounded to float32 also in
+float64 (3e-8 relative); fastgrad's slope is 1/6 in the layer's dtype.
 
 LSTM weights.  torch keeps ``weight_ih_l{k}`` (4H, in) and ``weight_hh_l{k}``
 (4H, H) with row blocks in gate order (i, f, g, o) and two biases; fastgrad

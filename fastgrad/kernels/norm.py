@@ -28,6 +28,11 @@ Race freedom: layer norm's forward and dx are parallel over rows (each owns
 its row); its dgamma/dbeta are parallel over fixed chunks of FEATURE_CHUNK
 features, each summing over the rows in order.  Batch norm is parallel over
 channels for everything.  Bitwise identical at any thread count.
+
+Compiled without fast-math: with reassociation allowed, LLVM vectorised the
+statistics' sums differently in the parallel and the serial twin (float32
+layer norm outputs differed in the last bit between 1 and 2 threads).  In
+program order both twins add in the same sequence.
 """
 
 import math
@@ -67,7 +72,7 @@ class BatchNormGrads(NamedTuple):
     dbeta: F1
 
 
-@kernel
+@kernel(fastmath=False)
 def layer_norm_forward(y: F2, xhat: F2, stats: NormStats, x: F2, gamma: F1, beta: F1, eps: Real):
     """Per row r of x (R, D): mu_r, var_r, r_r = 1/sqrt(var_r + eps); xhat[r, d] = (x[r, d] - mu_r) r_r;
     y[r, d] = gamma[d] xhat[r, d] + beta[d].
@@ -101,7 +106,7 @@ def layer_norm_forward(y: F2, xhat: F2, stats: NormStats, x: F2, gamma: F1, beta
             y[r, d] = gamma[d] * h + beta[d] if affine else h
 
 
-@kernel
+@kernel(fastmath=False)
 def layer_norm_backward(grads: NormGrads, dy: F2, xhat: F2, rstd: F1, gamma: F1):
     """dx[r, d] += r_r (g[r, d] - mean_d g[r, :] - xhat[r, d] mean_d (g xhat)[r, :]), g = dy gamma;
     dgamma[d] += sum_r dy[r, d] xhat[r, d];  dbeta[d] += sum_r dy[r, d].
@@ -138,7 +143,7 @@ def layer_norm_backward(grads: NormGrads, dy: F2, xhat: F2, rstd: F1, gamma: F1)
                     dbeta[d] += dy[r, d]
 
 
-@kernel
+@kernel(fastmath=False)
 def batch_norm_forward(y: F3, xhat: F3, stats: NormStats, x: F3, gamma: F1, beta: F1, eps: Real, training: bool):
     """Per channel c of x (N, C, S): training: mu_c, var_c over the N S values of the batch (written
     to stats); evaluation: mu_c, var_c read from stats (the running statistics).  Then
@@ -183,7 +188,7 @@ def batch_norm_forward(y: F3, xhat: F3, stats: NormStats, x: F3, gamma: F1, beta
                 y[n, c, s] = g * h + b
 
 
-@kernel
+@kernel(fastmath=False)
 def batch_norm_backward(grads: BatchNormGrads, dy: F3, xhat: F3, rstd: F1, gamma: F1, training: bool):
     """Per channel c (M = N S values): dgamma[c] += sum dy xhat; dbeta[c] += sum dy;
     training: dx += gamma_c r_c (dy - (1/M) sum dy - xhat (1/M) sum dy xhat);
