@@ -346,4 +346,3 @@ def test_batch_norm_matches_torch_over_training_steps_and_in_eval(kind, shape, r
             opt.step()
             np.testing.assert_allclose(ours.buffers["running_mean"], ref.running_mean.numpy(), rtol=1e-9, atol=1e-14)
             np.testing.assert_allclose(ours.buffers["running_var"], ref.running_var.numpy(), rtol=1e-9)
-
