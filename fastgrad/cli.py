@@ -61,6 +61,12 @@ def check_cases():
             fg.LSTM(3, 4, return_sequences=False, activations={"n": "gelu", "h": "softplus"}, dtype=np.float64, seed=13),
             _rng_x((6, 2, 3)),
         ),
+        ("Dense[N-D input]", fg.Dense(4, 3, "gelu_erf", dtype=np.float64, seed=14), _rng_x((2, 3, 4))),
+        ("Embedding", fg.Embedding(6, 3, dtype=np.float64, seed=15), np.array([[0, 5, 5], [2, 1, 0]])),
+        ("Dropout[eval]", fg.Dropout(0.5).eval(), _rng_x((3, 4))),
+        ("LayerNorm", _shifted_affine(fg.LayerNorm((2, 3), dtype=np.float64)), _rng_x((2, 2, 3))),
+        ("BatchNorm1D[train]", _shifted_affine(fg.BatchNorm1D(3, dtype=np.float64)), _rng_x((4, 3, 2))),
+        ("BatchNorm2D[eval]", _shifted_affine(fg.BatchNorm2D(2, dtype=np.float64)).eval(), _rng_x((2, 2, 3, 3))),
         (
             "Sequential[MLP]",
             fg.Sequential(
@@ -73,6 +79,14 @@ def check_cases():
         ),
     ]
     return cases
+
+
+def _shifted_affine(layer):
+    """A norm layer with gamma, beta away from (1, 0), so an error in either gradient shows."""
+    rng = np.random.default_rng(16)
+    layer.params["gamma"][...] = 1 + 0.5 * rng.standard_normal(layer.params["gamma"].shape)
+    layer.params["beta"][...] = rng.standard_normal(layer.params["beta"].shape)
+    return layer
 
 
 def run_checks(out=sys.stdout) -> bool:
