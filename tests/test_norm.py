@@ -121,23 +121,19 @@ def test_batch_norm_finite_differences(shape, affine, training, rng):
 
 def test_backward_into_accumulates(rng):
     x = rng.standard_normal((4, 3, 5))
-    g, b = _affine(rng, (5,), True)
-    _, cache = F.layer_norm_forward(x, 5, g, b)
     dy = rng.standard_normal(x.shape)
-    once = F.layer_norm_backward(dy, cache)
-    grads = tuple(np.zeros_like(a) for a in once)
-    F.layer_norm_backward_into(grads, dy, cache)
-    F.layer_norm_backward_into(grads, dy, cache)
-    for a, b_ in zip(grads, once):
-        np.testing.assert_allclose(a, 2 * b_, rtol=1e-14)
+    g5, b5 = _affine(rng, (5,), True)
     g3, b3 = _affine(rng, (3,), True)
-    _, cache = F.batch_norm_forward(x, g3, b3)
-    once = F.batch_norm_backward(dy, cache)
-    grads = tuple(np.zeros_like(a) for a in once)
-    F.batch_norm_backward_into(grads, dy, cache)
-    F.batch_norm_backward_into(grads, dy, cache)
-    for a, b_ in zip(grads, once):
-        np.testing.assert_allclose(a, 2 * b_, rtol=1e-14)
+    for (_, cache), backward, backward_into in (
+        (F.layer_norm_forward(x, 5, g5, b5), F.layer_norm_backward, F.layer_norm_backward_into),
+        (F.batch_norm_forward(x, g3, b3), F.batch_norm_backward, F.batch_norm_backward_into),
+    ):
+        once = backward(dy, cache)
+        grads = tuple(np.zeros_like(a) for a in once)
+        backward_into(grads, dy, cache)
+        backward_into(grads, dy, cache)
+        for a, b_ in zip(grads, once):
+            np.testing.assert_allclose(a, 2 * b_, rtol=1e-14)
 
 
 @pytest.mark.parametrize("kind", ["layer", "batch"])

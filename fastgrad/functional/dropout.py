@@ -16,7 +16,7 @@ import numpy as np
 from .. import _jit
 from .._checks import as_array, check_alloc, real_number
 from ..kernels import dropout as kdrop
-from .common import grad_buffer, unpack_grads, upstream
+from .common import check_cache, grad_buffer, unpack_grads, upstream
 
 
 class DropoutCache(NamedTuple):
@@ -75,7 +75,7 @@ def dropout_forward(x, p=0.5, training=True, *, rng=None, check_finite=None):
 
 def dropout_backward(dy, cache: DropoutCache, *, check_finite=None):
     """dx = dy * m with the forward's mask (dx = dy for the identity)."""
-    _check_cache(cache, "dropout_backward")
+    check_cache(cache, DropoutCache, "dropout_forward", "dropout_backward")
     dx = np.zeros(cache.shape, cache.dtype)
     _backward(dx, dy, cache, check_finite, "dropout_backward")
     return dx
@@ -84,14 +84,9 @@ def dropout_backward(dy, cache: DropoutCache, *, check_finite=None):
 def dropout_backward_into(grads, dy, cache: DropoutCache, *, check_finite=None) -> None:
     """Accumulate (``+=``) dy * m into ``grads`` = (dx,) of x's shape and dtype."""
     where = "dropout_backward_into"
-    _check_cache(cache, where)
+    check_cache(cache, DropoutCache, "dropout_forward", where)
     (dx,) = unpack_grads(grads, ("dx",), where)
     _backward(grad_buffer(dx, "dx", cache.shape, cache.dtype, where), dy, cache, check_finite, where)
-
-
-def _check_cache(cache, where: str) -> None:
-    if not isinstance(cache, DropoutCache):
-        raise TypeError(f"{where}: cache must be the DropoutCache returned by dropout_forward, got {type(cache).__name__}")
 
 
 def _backward(dx, dy, cache: DropoutCache, check_finite, where):

@@ -14,7 +14,7 @@ import numpy as np
 from .. import _jit
 from .._checks import as_array, as_indices, check_alloc
 from ..kernels import embedding as kemb
-from .common import grad_buffer, unpack_grads, upstream
+from .common import check_cache, grad_buffer, unpack_grads, upstream
 from .geometry import is_int
 
 
@@ -66,7 +66,7 @@ def embedding_forward(indices, W, padding_idx=None, *, check_finite=None):
 
 def embedding_backward(dy, cache: EmbeddingCache, *, check_finite=None):
     """dW (V, D): row v gets the sum of dy over the positions that read it (none for the padding row)."""
-    _check_cache(cache, "embedding_backward")
+    check_cache(cache, EmbeddingCache, "embedding_forward", "embedding_backward")
     dW = np.zeros(cache.W_shape, cache.dtype)
     _backward(dW, dy, cache, check_finite, "embedding_backward")
     return dW
@@ -75,14 +75,9 @@ def embedding_backward(dy, cache: EmbeddingCache, *, check_finite=None):
 def embedding_backward_into(grads, dy, cache: EmbeddingCache, *, check_finite=None) -> None:
     """Accumulate (``+=``) dW into ``grads`` = (dW,), a writable C-contiguous (V, D) array of W's dtype."""
     where = "embedding_backward_into"
-    _check_cache(cache, where)
+    check_cache(cache, EmbeddingCache, "embedding_forward", where)
     (dW,) = unpack_grads(grads, ("dW",), where)
     _backward(grad_buffer(dW, "dW", cache.W_shape, cache.dtype, where), dy, cache, check_finite, where)
-
-
-def _check_cache(cache, where: str) -> None:
-    if not isinstance(cache, EmbeddingCache):
-        raise TypeError(f"{where}: cache must be the EmbeddingCache returned by embedding_forward, got {type(cache).__name__}")
 
 
 def _backward(dW, dy, cache: EmbeddingCache, check_finite, where):

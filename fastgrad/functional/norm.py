@@ -24,7 +24,7 @@ import numpy as np
 from .. import _jit
 from .._checks import as_array, check_alloc, check_shape, real_number
 from ..kernels import norm as knorm
-from .common import EMPTY1, grad_buffer, same_dtype, unpack_grads, upstream
+from .common import EMPTY1, check_cache, grad_buffer, same_dtype, unpack_grads, upstream
 from .geometry import is_int
 
 
@@ -113,20 +113,12 @@ def layer_norm_forward(x, normalized_shape, gamma=None, beta=None, eps=1e-5, *, 
 
 def layer_norm_backward(dy, cache: LayerNormCache, *, check_finite=None):
     """(dx, dgamma, dbeta) of layer_norm_forward; dgamma, dbeta None without the affine transform."""
-    where = "layer_norm_backward"
-    _check_cache(cache, LayerNormCache, "layer_norm_forward", where)
-    dx = np.zeros(cache.x_shape, cache.xhat.dtype)
-    dgamma, dbeta = _param_grads(cache.gamma)
-    _layer_norm_backward(dx, dgamma, dbeta, dy, cache, check_finite, where)
-    return dx, dgamma, dbeta
+    return _backward_new(dy, cache, LayerNormCache, "layer_norm_backward", check_finite)
 
 
 def layer_norm_backward_into(grads, dy, cache: LayerNormCache, *, check_finite=None) -> None:
     """Accumulate (``+=``) into ``grads`` = (dx, dgamma, dbeta); dgamma, dbeta None without the affine transform."""
-    where = "layer_norm_backward_into"
-    _check_cache(cache, LayerNormCache, "layer_norm_forward", where)
-    dx, dgamma, dbeta = _grads_into(grads, cache, cache.normalized_shape, where)
-    _layer_norm_backward(dx, dgamma, dbeta, dy, cache, check_finite, where)
+    _backward_into(grads, dy, cache, LayerNormCache, "layer_norm_backward_into", check_finite)
 
 
 def batch_norm_forward(x, gamma=None, beta=None, running_mean=None, running_var=None, training=True, eps=1e-5, *,
@@ -168,62 +160,57 @@ def batch_norm_forward(x, gamma=None, beta=None, running_mean=None, running_var=
 
 def batch_norm_backward(dy, cache: BatchNormCache, *, check_finite=None):
     """(dx, dgamma, dbeta) of batch_norm_forward; dgamma, dbeta None without the affine transform."""
-    where = "batch_norm_backward"
-    _check_cache(cache, BatchNormCache, "batch_norm_forward", where)
-    dx = np.zeros(cache.x_shape, cache.xhat.dtype)
-    dgamma, dbeta = _param_grads(cache.gamma)
-    _batch_norm_backward(dx, dgamma, dbeta, dy, cache, check_finite, where)
-    return dx, dgamma, dbeta
+    return _backward_new(dy, cache, BatchNormCache, "batch_norm_backward", check_finite)
 
 
 def batch_norm_backward_into(grads, dy, cache: BatchNormCache, *, check_finite=None) -> None:
     """Accumulate (``+=``) into ``grads`` = (dx, dgamma, dbeta); dgamma, dbeta None without the affine transform."""
-    where = "batch_norm_backward_into"
-    _check_cache(cache, BatchNormCache, "batch_norm_forward", where)
-    dx, dgamma, dbeta = _grads_into(grads, cache, (cache.x_shape[1],), where)
-    _batch_norm_backward(dx, dgamma, dbeta, dy, cache, check_finite, where)
+    _backward_into(grads, dy, cache, BatchNormCache, "batch_norm_backward_into", check_finite)
 
 
 # -- shared by both ---------------------------------------------------------------------
-def _check_cache(cache, kind, forward: str, where: str) -> None:
-    if not isinstance(cache, kind):
-        raise TypeError(f"{where}: cache must be the {kind.__name__} returned by {forward}, got {type(cache).__name__}")
+_FORWARD = {LayerNormCache: "layer_norm_forward", BatchNormCache: "batch_norm_forward"}
 
 
-def _param_grads(gamma):
-    if gamma is None:
-        return None, None
-    return np.zeros_like(gamma), np.zeros_like(gamma)
+def _param_shape(cache) -> tuple:
+    return cache.normalized_shape if isinstance(cache, LayerNormCache) else (cache.x_shape[1],)
 
 
-def _grads_into(grads, cache, param_shape, where):
+def _backward_new(dy, cache, kind, where, check_finite):
+    check_cache(cache, kind, _FORWARD[kind], where)
+    dx = np.zeros(cache.x_shape, cache.xhat.dtype)
+    dgamma = None if cache.gamma is None else np.zeros_like(cache.gamma)
+    dbeta = None if cache.gamma is None else np.zeros_like(cache.gamma)
+    _backward(dx, dgamma, dbeta, dy, cache, check_finite, where)
+    return dx, dgamma, dbeta
+
+
+def _backward_into(grads, dy, cache, kind, where, check_finite):
+    check_cache(cache, kind, _FORWARD[kind], where)
     dx, dgamma, dbeta = unpack_grads(grads, ("dx", "dgamma", "dbeta"), where)
     dt = cache.xhat.dtype
     dx = grad_buffer(dx, "dx", cache.x_shape, dt, where)
-    dgamma = grad_buffer(dgamma, "dgamma", param_shape, dt, where, optional=True)
-    dbeta = grad_buffer(dbeta, "dbeta", param_shape, dt, where, optional=True)
+    dgamma = grad_buffer(dgamma, "dgamma", _param_shape(cache), dt, where, optional=True)
+    dbeta = grad_buffer(dbeta, "dbeta", _param_shape(cache), dt, where, optional=True)
     if (dgamma is None) != (cache.gamma is None) or (dbeta is None) != (cache.gamma is None):
         raise ValueError(f"{where}: grads.dgamma and grads.dbeta must be None exactly when the forward had no gamma, beta")
-    return dx, dgamma, dbeta
+    _backward(dx, dgamma, dbeta, dy, cache, check_finite, where)
 
 
 def _flat_or_empty(arr, dtype):
     return EMPTY1[dtype] if arr is None else arr.reshape(-1)
 
 
-def _layer_norm_backward(dx, dgamma, dbeta, dy, cache: LayerNormCache, check_finite, where):
-    dt = cache.xhat.dtype
-    dy = upstream(dy, cache.x_shape, dt, where, check_finite)
-    R, D = cache.xhat.shape
-    grads = knorm.NormGrads(dx.reshape(R, D), _flat_or_empty(dgamma, dt), _flat_or_empty(dbeta, dt))
-    gamma = _flat_or_empty(cache.gamma, dt)
-    _jit.pick(knorm.layer_norm_backward, 6 * dy.size)(grads, dy.reshape(R, D), cache.xhat, cache.rstd, gamma)
-
-
-def _batch_norm_backward(dx, dgamma, dbeta, dy, cache: BatchNormCache, check_finite, where):
+def _backward(dx, dgamma, dbeta, dy, cache, check_finite, where):
+    """Both norms' backward kernels on the saved (R, D) / (N, C, S) layout: dx, dgamma, dbeta accumulate."""
     dt = cache.xhat.dtype
     dy = upstream(dy, cache.x_shape, dt, where, check_finite)
     shape = cache.xhat.shape
-    grads = knorm.BatchNormGrads(dx.reshape(shape), _flat_or_empty(dgamma, dt), _flat_or_empty(dbeta, dt))
     gamma = _flat_or_empty(cache.gamma, dt)
-    _jit.pick(knorm.batch_norm_backward, 6 * dy.size)(grads, dy.reshape(shape), cache.xhat, cache.rstd, gamma, cache.training)
+    dparams = (_flat_or_empty(dgamma, dt), _flat_or_empty(dbeta, dt))
+    if isinstance(cache, LayerNormCache):
+        grads = knorm.NormGrads(dx.reshape(shape), *dparams)
+        _jit.pick(knorm.layer_norm_backward, 6 * dy.size)(grads, dy.reshape(shape), cache.xhat, cache.rstd, gamma)
+    else:
+        grads = knorm.BatchNormGrads(dx.reshape(shape), *dparams)
+        _jit.pick(knorm.batch_norm_backward, 6 * dy.size)(grads, dy.reshape(shape), cache.xhat, cache.rstd, gamma, cache.training)

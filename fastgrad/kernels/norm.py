@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 from numba import prange
 
-from .._jit import F1, F2, F3, Real, kernel
+from .._jit import F1, F2, F3, Real, helper, kernel
 
 #: features per parallel iteration of layer norm's dgamma/dbeta loop: a fixed
 #: constant (not the thread count), wide enough that the inner loop over
@@ -72,6 +72,27 @@ class BatchNormGrads(NamedTuple):
     dbeta: F1
 
 
+@helper(fastmath=False)
+def mean_var(g):
+    """(mu, var) of the values of a 2-D block g: mu = (1/M) sum g, var = (1/M) sum (g - mu)^2, M = g.size.
+
+    Two passes in row-major order: no cancellation as in E[g^2] - mu^2.  g is a
+    view: a row x[r:r + 1] (layer norm) or a channel x[:, c, :] (batch norm).
+    """
+    inv_m = g.dtype.type(1.0 / g.size)
+    acc = g.dtype.type(0)
+    for i in range(g.shape[0]):
+        for j in range(g.shape[1]):
+            acc += g[i, j]
+    mu = acc * inv_m
+    acc = g.dtype.type(0)
+    for i in range(g.shape[0]):
+        for j in range(g.shape[1]):
+            t = g[i, j] - mu
+            acc += t * t
+    return mu, acc * inv_m
+
+
 @kernel(fastmath=False)
 def layer_norm_forward(y: F2, xhat: F2, stats: NormStats, x: F2, gamma: F1, beta: F1, eps: Real):
     """Per row r of x (R, D): mu_r, var_r, r_r = 1/sqrt(var_r + eps); xhat[r, d] = (x[r, d] - mu_r) r_r;
@@ -84,18 +105,9 @@ def layer_norm_forward(y: F2, xhat: F2, stats: NormStats, x: F2, gamma: F1, beta
     var = stats.var
     rstd = stats.rstd
     affine = gamma.shape[0] > 0
-    inv_d = x.dtype.type(1.0 / D)
     one = x.dtype.type(1)
     for r in prange(R):
-        acc = x.dtype.type(0)
-        for d in range(D):
-            acc += x[r, d]
-        mu = acc * inv_d
-        acc = x.dtype.type(0)
-        for d in range(D):
-            t = x[r, d] - mu
-            acc += t * t  # two passes: no cancellation of E[x^2] - mu^2
-        v = acc * inv_d
+        mu, v = mean_var(x[r:r + 1])
         rs = one / math.sqrt(v + eps)
         mean[r] = mu
         var[r] = v
@@ -157,21 +169,10 @@ def batch_norm_forward(y: F3, xhat: F3, stats: NormStats, x: F3, gamma: F1, beta
     var = stats.var
     rstd = stats.rstd
     affine = gamma.shape[0] > 0
-    inv_m = x.dtype.type(1.0 / (N * S))
     one = x.dtype.type(1)
     for c in prange(C):
         if training:
-            acc = x.dtype.type(0)
-            for n in range(N):
-                for s in range(S):
-                    acc += x[n, c, s]
-            mu = acc * inv_m
-            acc = x.dtype.type(0)
-            for n in range(N):
-                for s in range(S):
-                    t = x[n, c, s] - mu
-                    acc += t * t
-            v = acc * inv_m
+            mu, v = mean_var(x[:, c, :])
             mean[c] = mu
             var[c] = v
         else:

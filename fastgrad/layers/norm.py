@@ -16,13 +16,26 @@ def _affine_flag(value, name: str, where: str) -> bool:
     return bool(value)
 
 
-class LayerNorm(Layer):
+class _Normalization(Layer):
+    """The backward both norms share; subclasses name their functional ``_backward_into``."""
+
+    def backward(self, dy):
+        cache = self._saved()
+        dy = self._grad_input(dy, cache.x_shape, cache.xhat.dtype)
+        dx = np.zeros(cache.x_shape, cache.xhat.dtype)
+        self._backward_into((dx, self.grads.get("gamma"), self.grads.get("beta")), dy, cache, check_finite=False)
+        return dx
+
+
+class LayerNorm(_Normalization):
     """``y = gamma * (x - mean) / sqrt(var + eps) + beta`` over the trailing ``normalized_shape`` axes of x.
 
     As ``torch.nn.LayerNorm``: mean and biased variance per sample, parameters
     ``gamma`` (ones) and ``beta`` (zeros) shaped ``normalized_shape`` when
     ``elementwise_affine``; the same computation in training and evaluation.
     """
+
+    _backward_into = staticmethod(F.layer_norm_backward_into)
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, dtype=np.float32):
         super().__init__(dtype)
@@ -46,13 +59,6 @@ class LayerNorm(Layer):
         )
         return y
 
-    def backward(self, dy):
-        cache = self._saved()
-        dy = self._grad_input(dy, cache.x_shape, cache.xhat.dtype)
-        dx = np.zeros(cache.x_shape, cache.xhat.dtype)
-        F.layer_norm_backward_into((dx, self.grads.get("gamma"), self.grads.get("beta")), dy, cache, check_finite=False)
-        return dx
-
     def get_config(self):
         return {
             "normalized_shape": list(self.normalized_shape),
@@ -62,10 +68,11 @@ class LayerNorm(Layer):
         }
 
 
-class _BatchNorm(Layer):
+class _BatchNorm(_Normalization):
     """Shared implementation; subclasses set ``ndims`` (the accepted input ranks)."""
 
     ndims = (2, 3)
+    _backward_into = staticmethod(F.batch_norm_backward_into)
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, dtype=np.float32):
         super().__init__(dtype)
@@ -104,13 +111,6 @@ class _BatchNorm(Layer):
             rv += m * unbiased
         self._cache = cache
         return y
-
-    def backward(self, dy):
-        cache = self._saved()
-        dy = self._grad_input(dy, cache.x_shape, cache.xhat.dtype)
-        dx = np.zeros(cache.x_shape, cache.xhat.dtype)
-        F.batch_norm_backward_into((dx, self.grads.get("gamma"), self.grads.get("beta")), dy, cache, check_finite=False)
-        return dx
 
     def get_config(self):
         return {
