@@ -1,6 +1,7 @@
 """The benchmark cases, shared by every peer, the runner, the report and the smoke test.
 
-One table of cases (numbagg's style): each case is an op, a size label and a shape.
+One table of cases (numbagg's style): each case is an op, a size label and a shape
+from :mod:`fastgrad.cases` (the table ``python -m fastgrad check`` and the tests use too).
 Inputs are made here from a fixed seed, so every peer (each in its own process)
 times exactly the same numbers and the correctness guard can compare outputs.
 
@@ -15,40 +16,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# the shapes and training-step architectures live in fastgrad's one case table (re-exported here)
+from fastgrad.cases import CNN_BLOCKS, CNN_DENSE, CNN_IMAGE, MLP_LAYERS, SHAPE_NAMES, SHAPES, TRAIN_LR
+
+__all__ = [
+    "CNN_BLOCKS", "CNN_DENSE", "CNN_IMAGE", "MLP_LAYERS", "SHAPE_NAMES", "SHAPES", "TRAIN_LR", "OPS", "PASSES", "DTYPES",
+    "Case", "all_cases", "case_from_id", "flops", "make_inputs", "targets", "COMPILE_TARGETS", "NotAvailable",
+]
+
 #: every op in report order; the training steps are end-to-end, not one kernel
 OPS = ("dense", "conv2d", "lstm", "softmax", "train_mlp", "train_cnn")
 PASSES = ("fwd", "fwd+bwd")
 DTYPES = ("float32", "float64")
-
-#: op -> size label -> shape (the meaning of the shape tuple is in SHAPE_NAMES)
-SHAPES = {
-    "dense": {"S": (32, 128, 128), "M": (128, 512, 512), "L": (512, 1024, 1024)},
-    "conv2d": {"S": (32, 1, 28, 8, 5), "M": (32, 16, 32, 32, 3), "L": (16, 64, 28, 64, 3)},
-    "lstm": {"S": (50, 32, 32, 64), "M": (100, 16, 128, 128), "L": (35, 20, 256, 256)},
-    "softmax": {"S": (64, 10), "M": (256, 1000), "L": (32, 50000)},
-    # the training steps have one size: a batch of 32 digits images
-    "train_mlp": {"S": (32,)},
-    "train_cnn": {"S": (32,)},
-}
-SHAPE_NAMES = {
-    "dense": "N, in, out",
-    "conv2d": "N, C, H=W, M, k",
-    "lstm": "T, N, I, H",
-    "softmax": "N, n",
-    "train_mlp": "batch",
-    "train_cnn": "batch",
-}
-
-#: the digits MLP (fastgrad/examples/mlp.py): (in, out, activation) per Dense layer
-MLP_LAYERS = ((64, 128, "relu"), (128, 64, "relu"), (64, 10, "identity"))
-#: the digits CNN, 8x8 single-channel images:
-#: Conv2D(1,16,3,padding=1,relu) -> MaxPool2D(2) -> Conv2D(16,32,3,padding=1,relu) -> MaxPool2D(2)
-#: -> Flatten -> Dense(128,10).  Each entry: (C_in, C_out, k, padding) of one conv+relu+pool block.
-CNN_BLOCKS = ((1, 16, 3, 1), (16, 32, 3, 1))
-CNN_DENSE = (128, 10)
-CNN_IMAGE = (1, 8, 8)
-#: learning rate of the plain SGD step in the training cases (no momentum)
-TRAIN_LR = 0.01
 
 
 @dataclass(frozen=True)

@@ -1,56 +1,31 @@
 """The fastgrad peer: the public functional API (DESIGN section 2) and the object layer.
 
-Ops that are still being written (conv, LSTM) are looked up in
-``fastgrad.functional`` first and then in their private modules
-(``fastgrad._functional_conv``, ``fastgrad._functional_lstm``); when neither has
-them the case raises :class:`benchmarks.cases.NotAvailable` and is reported "n/a".
 The peer protocol is described in :mod:`benchmarks.peer_numpy`.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 
-from .cases import CNN_BLOCKS, CNN_DENSE, MLP_LAYERS, TRAIN_LR, NotAvailable
+import fastgrad as fg
+import fastgrad.functional as F
+
+from .cases import CNN_BLOCKS, CNN_DENSE, MLP_LAYERS, TRAIN_LR
 
 NAME = "fastgrad"
 
 
 def version() -> str:
-    import fastgrad
-
-    return fastgrad.__version__
+    return fg.__version__
 
 
 def to_numpy(result) -> list:
     return [np.array(r, copy=True) for r in result]
 
 
-def _find(name: str, modules: tuple):
-    """The first module in ``modules`` that has ``name`` (imported lazily), else NotAvailable."""
-    for mod_name in modules:
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError:
-            continue
-        if hasattr(mod, name):
-            return getattr(mod, name)
-    raise NotAvailable(f"fastgrad has no {name} yet (looked in {', '.join(modules)})")
-
-
-def _functional(name: str, private: str):
-    return _find(name, ("fastgrad.functional", f"fastgrad.{private}"))
-
-
-def _layer(name: str, private: str):
-    return _find(name, ("fastgrad", f"fastgrad.layers.{private}"))
-
-
 class _Dense:
     def __init__(self, inp):
-        self.fwd, self.bwd = _functional("dense_forward", "functional"), _functional("dense_backward", "functional")
+        self.fwd, self.bwd = F.dense_forward, F.dense_backward
         self.x, self.W, self.b, self.dy = inp["x"], inp["W"], inp["b"], inp["dy"]
 
     def forward(self):
@@ -63,7 +38,7 @@ class _Dense:
 
 class _Conv:
     def __init__(self, inp):
-        self.fwd, self.bwd = _functional("conv_forward", "_functional_conv"), _functional("conv_backward", "_functional_conv")
+        self.fwd, self.bwd = F.conv_forward, F.conv_backward
         self.x, self.K, self.B, self.dy = inp["x"], inp["K"], inp["B"], inp["dy"]
 
     def forward(self):
@@ -76,7 +51,7 @@ class _Conv:
 
 class _LSTM:
     def __init__(self, inp):
-        self.fwd, self.bwd = _functional("lstm_forward", "_functional_lstm"), _functional("lstm_backward", "_functional_lstm")
+        self.fwd, self.bwd = F.lstm_forward, F.lstm_backward
         self.x, self.W, self.b, self.dy = inp["x"], inp["W"], inp["b"], inp["dy"]
 
     def forward(self):
@@ -91,7 +66,7 @@ class _LSTM:
 
 class _Softmax:
     def __init__(self, inp):
-        self.fwd, self.bwd = _functional("softmax", "functional"), _functional("softmax_backward", "functional")
+        self.fwd, self.bwd = F.softmax, F.softmax_backward
         self.x, self.dy = inp["x"], inp["dy"]
 
     def forward(self):
@@ -105,8 +80,6 @@ class _Train:
     """One training step exactly as a user writes it (DESIGN section 2)."""
 
     def __init__(self, model, inp):
-        import fastgrad as fg
-
         self.model = model
         params = list(model.params.values())
         if [p.shape for p in params] != [p.shape for p in inp["params"]]:
@@ -130,18 +103,13 @@ class _Train:
 
 
 def _mlp(dtype):
-    import fastgrad as fg
-
     return fg.Sequential(*[fg.Dense(n_in, n_out, act, dtype=dtype, seed=0) for n_in, n_out, act in MLP_LAYERS])
 
 
 def _cnn(dtype):
-    import fastgrad as fg
-
-    conv2d, maxpool2d = _layer("Conv2D", "conv"), _layer("MaxPool2D", "pool")
     layers = []
     for c_in, c_out, k, pad in CNN_BLOCKS:
-        layers += [conv2d(c_in, c_out, k, padding=pad, activation="relu", dtype=dtype, seed=0), maxpool2d(2)]
+        layers += [fg.Conv2D(c_in, c_out, k, padding=pad, activation="relu", dtype=dtype, seed=0), fg.MaxPool2D(2)]
     layers += [fg.Flatten(), fg.Dense(*CNN_DENSE, dtype=dtype, seed=0)]
     return fg.Sequential(*layers)
 

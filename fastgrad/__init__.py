@@ -7,12 +7,19 @@ written in index form and compiled with numba, plus a small training layer
     import fastgrad as fg
     model = fg.Sequential(fg.Dense(64, 128, "relu"), fg.Dense(128, 10))
     model.fit(x, y, fg.CrossEntropyLoss(), fg.Adam(model, 1e-3), epochs=10)
+
+Training is reproducible end to end: ``fg.manual_seed(s)`` seeds initialisation,
+dropout and shuffling; ``fg.save_checkpoint`` / ``fg.load_checkpoint`` with
+``fit(..., initial_epoch=k)`` resume a run bitwise; LR schedules and early
+stopping are ``fit`` callbacks.
 """
 
 __version__ = "0.1.0"
 
 from . import functional
 from ._checks import get_check_finite, set_check_finite
+from .callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import get_num_threads, set_num_threads, show_config, warmup
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck, gradcheck_fn
 from .io import ModelFileError, load, load_weights, save
@@ -40,7 +47,10 @@ from .layers import (
 )
 from .losses import CrossEntropyLoss, MSELoss
 from .model import Sequential
-from .optim import SGD, Adam, clip_grad_norm
+from .optim import SGD, Adam, Optimizer, clip_grad_norm
+from .plotting import plot_history
+from .random import default_generator, get_rng_state, initial_seed, manual_seed, set_rng_state
+from .schedules import CosineAnnealingLR, ExponentialLR, LinearLR, LRScheduler, MultiStepLR, ReduceLROnPlateau, StepLR
 
 __all__ = [
     "__version__",
@@ -69,9 +79,30 @@ __all__ = [
     "Sequential",
     "MSELoss",
     "CrossEntropyLoss",
+    "Optimizer",
     "SGD",
     "Adam",
     "clip_grad_norm",
+    "manual_seed",
+    "initial_seed",
+    "default_generator",
+    "get_rng_state",
+    "set_rng_state",
+    "LRScheduler",
+    "StepLR",
+    "MultiStepLR",
+    "ExponentialLR",
+    "CosineAnnealingLR",
+    "LinearLR",
+    "ReduceLROnPlateau",
+    "Callback",
+    "EarlyStopping",
+    "ModelCheckpoint",
+    "CSVLogger",
+    "save_checkpoint",
+    "load_checkpoint",
+    "Checkpoint",
+    "plot_history",
     "save",
     "load",
     "load_weights",

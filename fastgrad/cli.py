@@ -6,6 +6,9 @@ Subcommands::
     python -m fastgrad check           gradient-check table (worst error per layer type)
     python -m fastgrad train [MODEL]   train mlp (default), cnn, lstm or charlm on offline data
     python -m fastgrad info            versions, threads, threading layer, cache
+    python -m fastgrad explain OP      the cheat sheet's equations of OP (dense, conv, pool, lstm,
+                                       softmax, or module:Class for your own layer), the kernel
+                                       lines under each (path:line), then a gradient check
     python -m fastgrad bench [ARGS]    the benchmark suite (python -m benchmarks ARGS)
 """
 
@@ -18,85 +21,17 @@ import time
 import numpy as np
 
 
-def _rng_x(shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape)
-
-
-def check_cases():
-    """(label, layer, input) for each layer type: small float64 problems away from kinks."""
-    import fastgrad as fg
-
-    cases = []
-    for act in fg.ACTIVATIONS:
-        cases.append((f"Dense[{act}]", fg.Dense(5, 4, act, dtype=np.float64, seed=1), _rng_x((3, 5))))
-    cases += [
-        ("Dense[no bias]", fg.Dense(5, 4, bias=False, dtype=np.float64, seed=2), _rng_x((3, 5))),
-        ("Activation[gelu]", fg.Activation("gelu"), _rng_x((3, 4))),
-        ("Softmax", fg.Softmax(), _rng_x((3, 6))),
-        ("Softmax[axis=0]", fg.Softmax(axis=0), _rng_x((4, 3))),
-        ("LogSoftmax", fg.LogSoftmax(), _rng_x((3, 6))),
-        ("Flatten", fg.Flatten(), _rng_x((2, 3, 2))),
-        ("Conv1D[stride 2, same]", fg.Conv1D(2, 3, 3, stride=2, padding="same", activation="tanh", dtype=np.float64, seed=6),
-         _rng_x((2, 2, 7))),
-        ("Conv2D[dilation, groups]", fg.Conv2D(4, 4, 3, padding=1, dilation=2, groups=2, activation="elu", dtype=np.float64, seed=7),
-         _rng_x((2, 4, 6, 5))),
-        ("Conv2D[untied bias]", fg.Conv2D(2, 3, (2, 3), stride=(1, 2), bias="untied", input_size=(5, 6), dtype=np.float64, seed=8),
-         _rng_x((2, 2, 5, 6))),
-        ("MaxPool2D", fg.MaxPool2D(2), _rng_x((2, 3, 4, 4))),
-        ("AvgPool1D[pad]", fg.AvgPool1D(3, stride=2, padding=1), _rng_x((2, 3, 7))),
-        (
-            "Sequential[CNN]",
-            fg.Sequential(
-                fg.Conv2D(1, 3, 3, padding="same", activation="relu", dtype=np.float64, seed=9),
-                fg.MaxPool2D(2),
-                fg.Flatten(),
-                fg.Dense(12, 4, dtype=np.float64, seed=10),
-            ),
-            _rng_x((2, 1, 4, 4)) + 0.05,
-        ),
-        ("LSTM", fg.LSTM(3, 4, dtype=np.float64, seed=11), _rng_x((5, 2, 3))),
-        ("LSTM[2 layers, bidir]", fg.LSTM(3, 3, num_layers=2, bidirectional=True, dtype=np.float64, seed=12), _rng_x((4, 2, 3))),
-        (
-            "LSTM[gelu gates, last h]",
-            fg.LSTM(3, 4, return_sequences=False, activations={"n": "gelu", "h": "softplus"}, dtype=np.float64, seed=13),
-            _rng_x((6, 2, 3)),
-        ),
-        ("Dense[N-D input]", fg.Dense(4, 3, "gelu_erf", dtype=np.float64, seed=14), _rng_x((2, 3, 4))),
-        ("Embedding", fg.Embedding(6, 3, dtype=np.float64, seed=15), np.array([[0, 5, 5], [2, 1, 0]])),
-        ("Dropout[eval]", fg.Dropout(0.5).eval(), _rng_x((3, 4))),
-        ("LayerNorm", _shifted_affine(fg.LayerNorm((2, 3), dtype=np.float64)), _rng_x((2, 2, 3))),
-        ("BatchNorm1D[train]", _shifted_affine(fg.BatchNorm1D(3, dtype=np.float64)), _rng_x((4, 3, 2))),
-        ("BatchNorm2D[eval]", _shifted_affine(fg.BatchNorm2D(2, dtype=np.float64)).eval(), _rng_x((2, 2, 3, 3))),
-        (
-            "Sequential[MLP]",
-            fg.Sequential(
-                fg.Dense(6, 8, "tanh", dtype=np.float64, seed=3),
-                fg.Dense(8, 5, "silu", dtype=np.float64, seed=4),
-                fg.Dense(5, 3, dtype=np.float64, seed=5),
-                fg.Softmax(),
-            ),
-            _rng_x((4, 6)),
-        ),
-    ]
-    return cases
-
-
-def _shifted_affine(layer):
-    """A norm layer with gamma, beta away from (1, 0), so an error in either gradient shows."""
-    rng = np.random.default_rng(16)
-    layer.params["gamma"][...] = 1 + 0.5 * rng.standard_normal(layer.params["gamma"].shape)
-    layer.params["beta"][...] = rng.standard_normal(layer.params["beta"].shape)
-    return layer
-
-
 def run_checks(out=sys.stdout) -> bool:
     """Print the table of worst errors; True when every layer passes."""
     import fastgrad as fg
 
+    from .cases import LAYER_CASES
+
     print(f"{'layer':<24}{'tensors':>8}{'points':>8}{'max abs err':>14}{'max rel err':>14}  result", file=out)
     all_ok = True
-    for label, layer, x in check_cases():
-        report = fg.gradcheck(layer, x, raise_on_failure=False)
+    for case in LAYER_CASES:
+        label = case.label
+        report = fg.gradcheck(case.layer(np.float64), case.input(), raise_on_failure=False)
         points = sum(r.checked for r in report.rows)
         ok = report.ok
         all_ok &= ok
@@ -154,6 +89,19 @@ def _bench(args) -> int:
     return bench_main(args)
 
 
+def _explain(args) -> int:
+    """Print the explanation; 1 when a gradient check fails, 2 (one line on stderr) for a request explain cannot serve."""
+    from .explain import ExplainError, explanation
+
+    try:
+        result = explanation(args.op, check=not args.no_check, args=args.args, input_shape=args.input_shape)
+    except ExplainError as exc:
+        print(f"python -m fastgrad {exc}", file=sys.stderr)
+        return 2
+    print(result.text)
+    return 0 if result.ok else 1
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
@@ -168,6 +116,16 @@ def main(argv=None) -> int:
     train.add_argument("--epochs", type=int, default=None)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser("info", help="show versions and configuration")
+    explain = sub.add_parser(
+        "explain",
+        help="an op's equations, the kernel lines that implement them, a gradient check",
+        description="The cheat sheet's equations of OP, under each the kernel path:line and the lines that "
+        "implement it (read from the source), then the gradient-check table of a tiny float64 instance.",
+    )
+    explain.add_argument("op", help="dense, conv, pool, lstm, softmax, or module:Class for your own fg.Layer subclass")
+    explain.add_argument("--args", default=None, help="module:Class only: constructor arguments as a JSON object, e.g. '{\"n\": 8}'")
+    explain.add_argument("--input-shape", default=None, help="module:Class only: shape of the random input of the check, e.g. 4,8")
+    explain.add_argument("--no-check", action="store_true", help="skip the gradient check (nothing is compiled)")
     sub.add_parser("bench", help="run the benchmarks (python -m benchmarks ARGS)")
     args = parser.parse_args(argv)
 
@@ -176,6 +134,8 @@ def main(argv=None) -> int:
 
         show_config()
         return 0
+    if args.command == "explain":
+        return _explain(args)
     if args.command == "check":
         return 0 if run_checks() else 1
     if args.command == "train":

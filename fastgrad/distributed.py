@@ -49,15 +49,15 @@ Usage (``mpiexec -n 2 python train.py``)::
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 import time
 
 import numpy as np
 
-from ._checks import as_array, positive_int
 from .losses import CrossEntropyLoss
+from .optim import named_parameters
+from .training import as_input, batch_shards, epoch_order, input_dtype, shard_bounds, train
 
 __all__ = [
     "init",
@@ -71,9 +71,12 @@ __all__ = [
     "epoch_order",
     "batch_shards",
     "shard_indices",
+    "shard_bounds",
     "GradientAllreducer",
     "StepStats",
     "DistributedOptimizer",
+    "MPIReplicas",
+    "run_on_root",
     "fit",
     "evaluate",
     "save",
@@ -213,11 +216,14 @@ def _check_same_everywhere(comm, value, what, where):
 def broadcast_parameters(model, root=0, comm=None) -> None:
     """Copy ``root``'s parameters into every rank's model (one Bcast of a fused buffer).
 
-    Raises ValueError on every rank when the models' parameter names, shapes or
-    dtypes differ between ranks (checked first, so nothing is overwritten).
+    ``model``: a Layer or Sequential, a list of layers, or an optimizer (the
+    parameters it was built on, frozen ones included).  Raises ValueError on
+    every rank when the parameter names, shapes or dtypes differ between ranks
+    (checked first, so nothing is overwritten).
     """
     comm = _resolve(comm)
-    params = model.params
+    source = model.model if callable(getattr(model, "step", None)) and hasattr(model, "model") else model
+    params = {name: p for name, p, _ in named_parameters(source, trainable_only=False)}
     _check_same_everywhere(comm, _signature(params), "the model's parameters (name, shape, dtype)", "broadcast_parameters")
     if comm.Get_size() == 1 or not params:
         return
@@ -248,55 +254,7 @@ def _unpack(buf, arrays):
 
 
 # -- sharding: pure functions of (n, batch_size, rank, world, seed, epoch) ------------------------
-
-def epoch_order(n, epoch=0, seed=0, shuffle=True) -> np.ndarray:
-    """The sample order of ``epoch``: the (epoch+1)-th ``permutation(n)`` of ``default_rng(seed)``.
-
-    This is exactly the order ``Sequential.fit(..., seed=seed)`` uses, so one
-    rank of :func:`fit` reproduces ``Sequential.fit``.  Every rank computes the
-    same order from the shared seed; no communication is needed.
-    """
-    n = positive_int(n, "n", "epoch_order")
-    if not shuffle:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    for _ in range(int(epoch)):
-        rng.permutation(n)
-    return rng.permutation(n)
-
-
-def _epoch_orders(n, seed, shuffle):
-    """Successive epoch orders (the same sequence as epoch_order(n, 0..), without replaying)."""
-    rng = np.random.default_rng(seed)
-    while True:
-        yield rng.permutation(n) if shuffle else np.arange(n)
-
-
-def _shard_bounds(count, rank, world):
-    return (rank * count) // world, ((rank + 1) * count) // world
-
-
-def batch_shards(order, batch_size, rank, world) -> list:
-    """This rank's index array for every global batch of ``order`` (one entry per step).
-
-    Global batch b is ``order[b*B:(b+1)*B]``; rank r takes its contiguous slice
-    ``[r*m//world, (r+1)*m//world)`` (m = the batch's length), so shard sizes
-    differ by at most one, every rank has the same number of steps (some shards
-    of a short last batch may be empty), and the union over ranks of each step
-    is exactly the global batch.
-    """
-    where = "batch_shards"
-    batch_size = positive_int(batch_size, "batch_size", where)
-    world = positive_int(world, "world", where)
-    if not (isinstance(rank, (int, np.integer)) and 0 <= rank < world):
-        raise ValueError(f"{where}: rank must be an int in [0, {world}), got {rank!r}")
-    order = np.asarray(order)
-    shards = []
-    for start in range(0, order.shape[0], batch_size):
-        batch = order[start : start + batch_size]
-        lo, hi = _shard_bounds(batch.shape[0], int(rank), world)
-        shards.append(batch[lo:hi])
-    return shards
+# epoch_order, batch_shards and shard_bounds live in fastgrad.training (the one training loop)
 
 
 def shard_indices(n, batch_size, rank, world, epoch=0, seed=0, shuffle=True) -> list:
@@ -456,10 +414,11 @@ class DistributedOptimizer:
         if isinstance(optimizer, DistributedOptimizer):
             raise TypeError("DistributedOptimizer: optimizer is already distributed")
         self.__dict__["optimizer"] = optimizer
-        self.__dict__["reducer"] = GradientAllreducer(optimizer.model, comm)
+        # the gradients it averages are those the optimizer trains (frozen layers need none)
+        self.__dict__["reducer"] = GradientAllreducer(optimizer, comm)
         self.__dict__["_error"] = None
         if broadcast:
-            broadcast_parameters(optimizer.model, comm=self.reducer.comm)
+            broadcast_parameters(optimizer, comm=self.reducer.comm)
 
     def __getattr__(self, name):
         return getattr(self.__dict__["optimizer"], name)
@@ -498,6 +457,66 @@ class DistributedOptimizer:
 
 # -- training loop ---------------------------------------------------------------------------------
 
+class MPIReplicas:
+    """The MPI side of :func:`fastgrad.training.train` (rank r of ``world``).
+
+    Each rank trains on its shard of every global batch; ``synchronize`` is the
+    step's one Allreduce (gradients, loss, correct count, failure flags); an
+    exception inside ``guard()`` is reported on every rank by that Allreduce;
+    rank 0's seed and parameters are broadcast; validation is sharded.
+    """
+
+    def __init__(self, optimizer, comm):
+        self.distributed = optimizer
+        self.optimizer = optimizer.optimizer
+        self.comm = comm
+        self.rank, self.world = int(comm.Get_rank()), int(comm.Get_size())
+
+    def common(self, value):
+        return self.comm.bcast(value, root=0)
+
+    def agree(self, value, what, where) -> None:
+        _check_same_everywhere(self.comm, value, what, where)
+
+    def broadcast(self, model) -> None:
+        broadcast_parameters(model, comm=self.comm)
+
+    def guard(self):
+        return self.distributed.guard()
+
+    def synchronize(self, count, total, loss, correct):
+        stats = self.distributed.synchronize(count=count, total=total, loss=loss, correct=correct)
+        return stats.loss, stats.correct
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def evaluate(self, model, x, y, loss):
+        return evaluate(model, x, y, loss, comm=self.comm)
+
+    def on_root(self, fn, root=0):
+        return run_on_root(fn, root, self.comm)
+
+
+def run_on_root(fn, root=0, comm=None):
+    """``fn()`` on rank ``root`` only; every rank waits, and raises RuntimeError if it failed there.
+
+    Returns ``fn()``'s result on the root and None elsewhere; the root chains
+    the original error.
+    """
+    comm = _resolve(comm)
+    error, result = None, None
+    if comm.Get_rank() == root:
+        try:
+            result = fn()
+        except Exception as exc:  # reported to every rank below
+            error = exc
+    message = comm.bcast(None if error is None else f"{type(error).__name__}: {error}", root=root)
+    if message is not None:
+        raise RuntimeError(f"rank {root} failed: {message}") from error
+    return result
+
+
 def fit(
     model,
     x,
@@ -509,91 +528,43 @@ def fit(
     validation_data=None,
     progress=True,
     shuffle=True,
-    seed=0,
+    seed=None,
     clip_norm=None,
     comm=None,
+    initial_epoch=0,
+    callbacks=None,
+    augment=None,
 ) -> dict:
     """Data-parallel ``Sequential.fit``: same arguments, same history dict, on every rank.
 
     Every rank passes the same ``x``, ``y`` (at least the same number of
-    samples) and ``seed``; ``batch_size`` is the GLOBAL batch: each rank runs
-    forward/backward on about ``batch_size / world`` samples of it, so the
-    learning rate and the result do not depend on the number of ranks (up to
-    rounding; with one rank this is Sequential.fit's loop exactly).
-    ``optimizer`` is a DistributedOptimizer or a plain SGD/Adam (wrapped here).
-    Rank 0's parameters are broadcast first.  ``clip_norm`` clips the averaged
-    (global) gradient.  Only rank 0 draws progress.  history: ``loss``,
+    samples); ``seed=None`` takes rank 0's ``fg.initial_seed()``.
+    ``batch_size`` is the GLOBAL batch: each rank runs forward/backward on
+    about ``batch_size / world`` samples of it, so the learning rate and the
+    result do not depend on the number of ranks (up to rounding; with one
+    rank this is Sequential.fit's loop exactly: both are
+    :func:`fastgrad.training.train`).  ``optimizer`` is a DistributedOptimizer
+    or a plain SGD/Adam (wrapped here).  Rank 0's parameters are broadcast
+    first.  ``clip_norm`` clips the averaged (global) gradient.  Only rank 0
+    draws progress; callbacks run on every rank with the same logs (their
+    file writes, e.g. ModelCheckpoint, on rank 0 only).  history: ``loss``,
     ``time``, ``accuracy`` (CrossEntropyLoss with int labels), ``val_loss`` /
     ``val_accuracy`` (validation set sharded over ranks, results summed).
     A failure on any rank raises RuntimeError("rank k failed: ...") on all
     ranks; a non-finite global loss or gradient norm raises FloatingPointError
     on all ranks.
     """
-    from .model import ProgressBar, fit_setup
-    from .optim import clip_grad_norm
-
     where = "distributed.fit"
     comm = _resolve(comm)
     if not isinstance(optimizer, DistributedOptimizer):
         if not (hasattr(optimizer, "step") and hasattr(optimizer, "model")):
             raise TypeError(f"{where}: optimizer must be SGD/Adam or a DistributedOptimizer, got {type(optimizer).__name__}")
         optimizer = DistributedOptimizer(optimizer, comm=comm, broadcast=False)
-    if optimizer.model is not model:
-        raise ValueError(f"{where}: the optimizer was built for a different model")
-    x, y, epochs, batch_size, classify, history = fit_setup(x, y, loss, epochs, batch_size, validation_data, model.dtype, where)
-    n = int(x.shape[0])
-    setup = (n, epochs, batch_size, bool(shuffle), int(seed), clip_norm, validation_data is not None)
-    _check_same_everywhere(comm, setup, "(n_samples, epochs, batch_size, shuffle, seed, clip_norm, validation)", where)
-    broadcast_parameters(model, comm=comm)
-    r, world = int(comm.Get_rank()), int(comm.Get_size())
-    n_batches = math.ceil(n / batch_size)
-    bar = ProgressBar(epochs, n_batches, enabled=bool(progress) and r == 0)
-    orders = _epoch_orders(n, seed, shuffle)
-    for epoch in range(epochs):
-        start = time.perf_counter()
-        shards = batch_shards(next(orders), batch_size, r, world)
-        total, correct, seen = 0.0, 0, 0
-        for b, idx in enumerate(shards):
-            global_count = min(batch_size, n - b * batch_size)
-            optimizer.zero_grad()
-            value, local_correct = None, 0
-            if idx.shape[0]:
-                with optimizer.guard():
-                    xb, yb = x[idx], y[idx]
-                    out = model.forward(xb)
-                    value = loss(out, yb)
-                    model.backward(loss.backward())
-                    if classify:
-                        local_correct = int(np.sum(np.argmax(out, axis=1) == yb))
-            stats = optimizer.synchronize(count=idx.shape[0], total=global_count, loss=0.0 if value is None else value,
-                                          correct=local_correct)
-            if stats.loss is None or not math.isfinite(stats.loss):
-                bar.close()
-                raise FloatingPointError(
-                    f"{where}: loss is {stats.loss} at epoch {epoch + 1}, batch {b + 1}; lower the learning rate or check the data"
-                )
-            if clip_norm is not None:
-                norm = clip_grad_norm(model, clip_norm)
-                if not math.isfinite(norm):
-                    bar.close()
-                    raise FloatingPointError(f"{where}: gradient norm is {norm} at epoch {epoch + 1}, batch {b + 1}")
-            optimizer.optimizer.step()
-            total += stats.loss * global_count
-            correct += stats.correct
-            seen += global_count
-            bar.update(epoch, b + 1, total / seen)
-        history["loss"].append(total / n)
-        if classify:
-            history["accuracy"].append(correct / n)
-        if validation_data is not None:
-            vl, va = evaluate(model, validation_data[0], validation_data[1], loss, comm=comm)
-            history["val_loss"].append(vl)
-            if classify:
-                history["val_accuracy"].append(va)
-        history["time"].append(time.perf_counter() - start)
-        bar.end_epoch(epoch, {k: v[-1] for k, v in history.items() if k != "time"}, history["time"][-1])
-    bar.close()
-    return history
+    return train(
+        model, x, y, loss, MPIReplicas(optimizer, comm), epochs=epochs, batch_size=batch_size,
+        validation_data=validation_data, progress=progress, shuffle=shuffle, seed=seed, clip_norm=clip_norm,
+        initial_epoch=initial_epoch, callbacks=callbacks, augment=augment, where=where,
+    )
 
 
 def evaluate(model, x, y, loss, batch_size=256, comm=None):
@@ -605,9 +576,9 @@ def evaluate(model, x, y, loss, batch_size=256, comm=None):
     """
     comm = _resolve(comm)
     r, world = int(comm.Get_rank()), int(comm.Get_size())
-    x = as_array(x, "x", "distributed.evaluate", dtype=model.dtype)
+    x = as_input(x, input_dtype(model), "x", "distributed.evaluate")
     y = np.asarray(y)
-    lo, hi = _shard_bounds(x.shape[0], r, world)
+    lo, hi = shard_bounds(x.shape[0], r, world)
     classify = isinstance(loss, CrossEntropyLoss) and y.dtype.kind in "iu"
     sums = np.zeros(3 + world)
     error = None
@@ -641,15 +612,6 @@ def save(model, path, root=0, comm=None) -> None:
     If the write fails on the root, every rank raises RuntimeError (the root
     chains the original error).
     """
-    from .io import save as _save
+    from .io import save as save_model
 
-    comm = _resolve(comm)
-    error = None
-    if comm.Get_rank() == root:
-        try:
-            _save(model, path)
-        except Exception as exc:  # reported to every rank below
-            error = exc
-    message = comm.bcast(None if error is None else f"{type(error).__name__}: {error}", root=root)
-    if message is not None:
-        raise RuntimeError(f"rank {root} failed: {message}") from error
+    run_on_root(lambda: save_model(model, path), root, comm)

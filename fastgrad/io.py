@@ -22,6 +22,7 @@ import zipfile
 import numpy as np
 
 from .layers.base import Layer, is_builtin, layer_type
+from .random import fork_rng
 
 FORMAT = "fastgrad-model"
 VERSION = 1
@@ -36,7 +37,8 @@ class ModelFileError(ValueError):
     """A model file that cannot be read, or does not match the model."""
 
 
-def _describe_model(model) -> dict:
+def describe_model(model) -> dict:
+    """The architecture saved with a model: format, version, type name and ``get_config()`` (JSON-able)."""
     return {"format": FORMAT, "version": VERSION, "type": layer_type(type(model)), "config": model.get_config()}
 
 
@@ -82,22 +84,23 @@ def save(model, path) -> None:
     check_rebuildable(model)
     arrays = {_PARAM_PREFIX + name: np.ascontiguousarray(arr) for name, arr in model.params.items()}
     arrays.update({_BUFFER_PREFIX + name: np.ascontiguousarray(arr) for name, arr in _buffers(model).items()})
-    arrays[_ARCH_KEY] = np.array(json.dumps(_describe_model(model)))
-    _write_atomic(path, arrays, "save")
+    arrays[_ARCH_KEY] = np.array(json.dumps(describe_model(model)))
+    write_atomic(path, lambda fh: np.savez(fh, **arrays), "save")
 
 
-def _write_atomic(path: str, arrays: dict, where: str) -> None:
-    """np.savez into a temporary file beside ``path``, fsync, then os.replace.
+def write_atomic(path: str, write, where: str) -> None:
+    """``write(fh)`` into a temporary file beside ``path``, fsync, then os.replace.
 
-    Errors name the user's path (never the hidden temporary file) and keep
-    their type: a missing directory is still a FileNotFoundError.
+    An interrupted write leaves the previous file intact.  Errors name the
+    user's path (never the hidden temporary file) and keep their type: a
+    missing directory is still a FileNotFoundError.
     """
     directory = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".fastgrad-", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -257,7 +260,8 @@ def _copy_into(model, params: dict) -> None:
 def load(path):
     """Read a model written by :func:`save`; returns a new Layer/Sequential, bitwise equal."""
     arch, params = _read(path)
-    model = build(arch.get("type"), arch.get("config"), where=f"load: {os.fspath(path)}")
+    with fork_rng():  # the initial weights drawn here are overwritten: keep the default generator's stream
+        model = build(arch.get("type"), arch.get("config"), where=f"load: {os.fspath(path)}")
     _check_params(model, params, os.fspath(path))
     _copy_into(model, params)
     return model
@@ -273,7 +277,7 @@ def load_weights(model, path) -> None:
     if not isinstance(model, Layer):
         raise TypeError(f"load_weights: model must be a fastgrad Layer or Sequential, got {type(model).__name__}")
     arch, params = _read(path)
-    mine = json.loads(json.dumps(_describe_model(model)))
+    mine = json.loads(json.dumps(describe_model(model)))
     if arch.get("type") != mine["type"] or arch.get("config") != mine["config"]:
         raise ModelFileError(
             f"load_weights: {os.fspath(path)}: the file's architecture ({arch.get('type')!r}) does not match the model's"

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-import sys
-import time
 
 import numpy as np
 
 from ._checks import as_array, as_indices, positive_int
 from .layers.base import Layer, evaluating, layer_type, takes_indices
 from .losses import CrossEntropyLoss, Loss
+from .optim import clip_grad_norm, named_parameters
+from .training import LocalReplicas, train
 
 
 class Sequential(Layer):
@@ -61,9 +61,29 @@ class Sequential(Layer):
         return x
 
     def backward(self, dy):
-        for layer in reversed(self.layers):
+        """dL/dx of the input; each layer's parameter gradients accumulate into its ``grads``.
+
+        A layer with ``trainable = False`` (or every layer, when this model is
+        frozen) still passes the gradient on, but its ``grads`` are left at zero.
+        """
+        return self._backward(dy, 0)
+
+    def backward_params(self, dy) -> None:
+        """The backward pass training needs: ``backward`` without dL/dx of the input.
+
+        Layers below the lowest one with trainable parameters are skipped (a
+        frozen feature extractor costs no backward pass at all); returns None.
+        """
+        lowest = next((i for i, layer in enumerate(self.layers) if self.trainable and named_parameters(layer)), len(self.layers))
+        self._backward(dy, lowest)
+
+    def _backward(self, dy, stop):
+        frozen = not self.trainable
+        for layer in reversed(self.layers[stop:]):
             dy = layer.backward(dy)
-        return dy
+            if frozen or not layer.trainable:
+                layer.zero_grad()
+        return dy if stop == 0 else None
 
     def zero_grad(self):
         for layer in self.layers:
@@ -127,67 +147,58 @@ class Sequential(Layer):
         validation_data=None,
         progress=True,
         shuffle=True,
-        seed=0,
+        seed=None,
         clip_norm=None,
+        initial_epoch=0,
+        callbacks=None,
+        augment=None,
     ) -> dict:
-        """Train with mini-batches; returns a history dict of per-epoch lists.
+        """Train with mini-batches for epochs ``initial_epoch .. epochs-1``; returns a history dict of per-epoch lists.
 
         history keys: ``loss`` (mean training loss), ``time`` (seconds), and
         ``accuracy`` for CrossEntropyLoss with integer labels; ``val_loss`` /
         ``val_accuracy`` when ``validation_data=(x_val, y_val)`` is given.
         A non-finite loss or gradient norm stops training with FloatingPointError
         naming the epoch and batch.  ``progress`` draws a bar on stderr.
-        """
-        where = "Sequential.fit"
-        if not hasattr(optimizer, "step"):
-            raise TypeError(f"{where}: optimizer must have a step() method, got {type(optimizer).__name__}")
-        x, y, epochs, batch_size, classify, history = fit_setup(
-            x, y, loss, epochs, batch_size, validation_data, None if takes_indices(self) else self.dtype, where
-        )
-        rng = np.random.default_rng(seed)
-        n = x.shape[0]
-        n_batches = math.ceil(n / batch_size)
-        bar = ProgressBar(epochs, n_batches, enabled=progress)
-        for epoch in range(epochs):
-            start = time.perf_counter()
-            order = rng.permutation(n) if shuffle else np.arange(n)
-            total, correct = 0.0, 0
-            for b in range(n_batches):
-                idx = order[b * batch_size : (b + 1) * batch_size]
-                xb, yb = x[idx], y[idx]
-                optimizer.zero_grad()
-                out = self.forward(xb)
-                value = loss(out, yb)
-                if not math.isfinite(value):
-                    bar.close()
-                    raise FloatingPointError(
-                        f"{where}: loss is {value} at epoch {epoch + 1}, batch {b + 1}; lower the learning rate or check the data"
-                    )
-                self.backward(loss.backward())
-                if clip_norm is not None:
-                    from .optim import clip_grad_norm
 
-                    norm = clip_grad_norm(self, clip_norm)
-                    if not math.isfinite(norm):
-                        bar.close()
-                        raise FloatingPointError(f"{where}: gradient norm is {norm} at epoch {epoch + 1}, batch {b + 1}")
-                optimizer.step()
-                total += value * len(idx)
-                if classify:
-                    correct += int(np.sum(np.argmax(out, axis=1) == yb))
-                bar.update(epoch, b + 1, total / min(n, (b + 1) * batch_size))
-            history["loss"].append(total / n)
-            if classify:
-                history["accuracy"].append(correct / n)
-            if validation_data is not None:
-                vl, va = self.evaluate(validation_data[0], validation_data[1], loss)
-                history["val_loss"].append(vl)
-                if classify:
-                    history["val_accuracy"].append(va)
-            history["time"].append(time.perf_counter() - start)
-            bar.end_epoch(epoch, {k: v[-1] for k, v in history.items() if k != "time"}, history["time"][-1])
-        bar.close()
-        return history
+        ``seed`` (default: ``fg.initial_seed()``, the seed of ``fg.manual_seed``)
+        fixes the shuffle: epoch ``e`` visits the samples in an order that
+        depends only on (seed, e), so ``initial_epoch=k`` continues a run that
+        stopped after k epochs (with its model and optimizer restored, e.g. by
+        ``fg.load_checkpoint``) exactly.  ``clip_norm`` clips the gradients of
+        the parameters the optimizer trains.  ``callbacks``: objects with any of
+        ``on_train_begin(model)``, ``on_epoch_end(epoch, logs, model)`` (True
+        stops training), ``on_train_end(model)``; LR schedules are callbacks.
+        ``augment(x, y, rng) -> (x, y)`` makes each epoch's training set (see
+        :func:`fastgrad.training.train`).
+        """
+        return train(
+            self, x, y, loss, LocalReplicas(optimizer, "Sequential.fit"), epochs=epochs, batch_size=batch_size,
+            validation_data=validation_data, progress=progress, shuffle=shuffle, seed=seed, clip_norm=clip_norm,
+            initial_epoch=initial_epoch, callbacks=callbacks, augment=augment, where="Sequential.fit",
+        )
+
+    def train_step(self, x, y, loss, optimizer, clip_norm=None) -> float:
+        """One training step for a hand-written loop; returns the loss value.
+
+        zero_grad, forward, ``value = loss(pred, y)``, ``backward(loss.backward())``,
+        optional clipping of the optimizer's gradients, ``optimizer.step()``.  A
+        non-finite loss raises FloatingPointError before any update.
+        """
+        where = "Sequential.train_step"
+        if not isinstance(loss, Loss):
+            raise TypeError(f"{where}: loss must be a fastgrad loss (MSELoss, CrossEntropyLoss), got {type(loss).__name__}")
+        if not callable(getattr(optimizer, "step", None)):
+            raise TypeError(f"{where}: optimizer must have a step() method, got {type(optimizer).__name__}")
+        self.zero_grad()
+        value = loss(self.forward(x), y)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{where}: loss is {value}; lower the learning rate or check the data")
+        self.backward_params(loss.backward())
+        if clip_norm is not None:
+            clip_grad_norm(optimizer, clip_norm)
+        optimizer.step()
+        return value
 
     def evaluate(self, x, y, loss, batch_size=256):
         """(mean loss, accuracy or None) over a data set, in batches, in evaluation mode (see predict)."""
@@ -199,66 +210,3 @@ class Sequential(Layer):
         if isinstance(loss, CrossEntropyLoss) and y.dtype.kind in "iu":
             acc = float(np.mean(np.argmax(out, axis=1) == y))
         return value, acc
-
-
-def fit_setup(x, y, loss, epochs, batch_size, validation_data, dtype, where):
-    """Validate fit()'s arguments; returns (x, y, epochs, batch_size, classify, empty history).
-
-    Shared by Sequential.fit and distributed.fit so both accept and refuse the
-    same inputs and fill the same history keys.  ``dtype`` None: x is integer
-    indices (a model starting with an Embedding), kept as int64.
-    """
-    if not isinstance(loss, Loss):
-        raise TypeError(f"{where}: loss must be a fastgrad loss (MSELoss, CrossEntropyLoss), got {type(loss).__name__}")
-    epochs = positive_int(epochs, "epochs", where)
-    batch_size = positive_int(batch_size, "batch_size", where)
-    x = as_indices(x, "x", where) if dtype is None else as_array(x, "x", where, dtype=dtype)
-    y = np.asarray(y)
-    if y.shape[:1] != x.shape[:1]:
-        raise ValueError(f"{where}: y has {y.shape[:1]} samples but x has {x.shape[:1]}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{where}: x is empty")
-    classify = isinstance(loss, CrossEntropyLoss) and y.dtype.kind in "iu"
-    history = {"loss": [], "time": []}
-    if classify:
-        history["accuracy"] = []
-    if validation_data is not None:
-        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-            raise TypeError(f"{where}: validation_data must be a pair (x_val, y_val)")
-        history["val_loss"] = []
-        if classify:
-            history["val_accuracy"] = []
-    return x, y, epochs, batch_size, classify, history
-
-
-class ProgressBar:
-    """A one-line progress bar on stderr; one line per epoch when not a terminal."""
-
-    def __init__(self, epochs, batches, enabled=True, width=24):
-        self.epochs, self.batches, self.width = epochs, batches, width
-        self.enabled = bool(enabled)
-        self.tty = self.enabled and sys.stderr.isatty()
-        self._last = 0.0
-
-    def update(self, epoch, batch, running_loss):
-        if not self.tty:
-            return
-        now = time.perf_counter()
-        if batch != self.batches and now - self._last < 0.1:
-            return
-        self._last = now
-        filled = int(self.width * batch / self.batches)
-        bar = "#" * filled + "." * (self.width - filled)
-        sys.stderr.write(f"\repoch {epoch + 1}/{self.epochs} [{bar}] {batch}/{self.batches} loss {running_loss:.4f}")
-        sys.stderr.flush()
-
-    def end_epoch(self, epoch, metrics, seconds):
-        if not self.enabled:
-            return
-        text = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        prefix = "\r" if self.tty else ""
-        sys.stderr.write(f"{prefix}epoch {epoch + 1}/{self.epochs} {text} ({seconds:.2f} s)".ljust(self.width + 60) + "\n")
-        sys.stderr.flush()
-
-    def close(self):
-        pass

@@ -24,6 +24,16 @@ def threads():
     numba.set_num_threads(saved)
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Tests marked ``audit`` run after all the others, whatever their file names.
+
+    The specialisation audit counts what the whole suite compiled, and the
+    race audit should see kernels warmed by everything else; a stable sort
+    keeps every other test in its collected order.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("audit") is not None)
+
+
 def pytest_report_header(config):
     """Before the tests, so a red run on another machine explains itself: CPU, vector ISA, versions, threading layers."""
     from fastgrad.config import environment_lines

@@ -13,7 +13,14 @@ from benchmarks.__main__ import parse_args
 from benchmarks.cases import OPS, Case, all_cases, flops, make_inputs, targets
 from benchmarks.update_readme import END, START, replace_block, update_readme
 
-TINY = [Case("dense", "T", (4, 8, 5)), Case("softmax", "T", (3, 7)), Case("train_mlp", "T", (4,))]
+TINY = [
+    Case("dense", "T", (4, 8, 5)),
+    Case("conv2d", "T", (2, 3, 6, 4, 3)),
+    Case("lstm", "T", (3, 2, 4, 5)),
+    Case("softmax", "T", (3, 7)),
+    Case("train_mlp", "T", (4,)),
+    Case("train_cnn", "T", (4,)),
+]
 
 
 @pytest.mark.parametrize("case", TINY, ids=lambda c: c.op)

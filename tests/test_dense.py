@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 from fd import KINKS, assert_close, numeric_grad, random_direction_check
-from reference import activation, activation_grad, dense, dense_grads
 
 import fastgrad as fg
 import fastgrad.functional as F
 from fastgrad import _jit
 from fastgrad.kernels import dense as kdense
+from fastgrad.reference import activation, activation_grad, dense, dense_grads
 
 
 def _problem(rng, N, n, m, act, dtype=np.float64):
@@ -212,6 +212,31 @@ def test_both_backward_forms_match_reference_at_both_thread_counts(dot, dtype, r
     layer.backward(dy)  # the kernel adds to the grads already there
     np.testing.assert_allclose(layer.grads["W"], 2 * want[1], rtol=tol, atol=tol * 20)
     np.testing.assert_allclose(layer.grads["b"], 2 * want[2], rtol=tol, atol=tol * 20)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N, n, m", [(1, 1, 1), (3, 5, 2), (4, 7, 3), (5, 9, 4), (9, 13, 7), (13, 4, 11)])
+@pytest.mark.parametrize("add", [False, True])
+def test_blocked_product_equals_its_plain_twin_on_edge_shapes(dtype, N, n, m, add):
+    """products.dot_rows (4 x 3 register blocks, cache tiles, edge loops) against dot_rows_reference,
+    the plain z[s, k] = b[k] + sum_j W[k, j] x[s, j] beside it; row ranges and tiles cut through blocks."""
+    from fastgrad.kernels import products
+
+    rng = np.random.default_rng(N * 100 + n * 10 + m)
+    x = rng.standard_normal((N, n)).astype(dtype)
+    W = rng.standard_normal((m, n)).astype(dtype)
+    for b in (rng.standard_normal(m).astype(dtype), np.zeros(0, dtype)):
+        for s_lo, s_hi in ((0, N), (N // 3, N)):
+            for KT in (3, 6, max(m, 1)):
+                start = rng.standard_normal((N, m)).astype(dtype)
+                got = start.copy()
+                want = start.copy()
+                products.dot_rows(got, x, W, b, add, s_lo, s_hi, KT)
+                products.dot_rows_reference(want, x, W, b, add, s_lo, s_hi)
+                tol = 1e-5 if dtype == np.float32 else 1e-12
+                np.testing.assert_allclose(got, want, rtol=tol, atol=tol * n)
+                # rows outside [s_lo, s_hi) are untouched
+                assert np.array_equal(got[:s_lo], start[:s_lo])
 
 
 def test_dense_layer_on_nd_input_acts_on_the_last_axis(rng):

@@ -218,6 +218,16 @@ def test_two_ranks_match_one_rank_on_the_global_batch(two_rank_run, name):
 
 
 @needs_mpi
+def test_callbacks_agree_on_every_rank_and_rank_0_writes(two_rank_run):
+    _, results, _ = two_rank_run
+    got = results["callbacks"]
+    # the score stalls after epoch 1 (2.0): epochs 2 and 3 do not improve, so both ranks stop after epoch 3
+    assert got["epochs"] == 4 and got["stopped_epoch"] == 3
+    assert got["lr_per_rank"] == [0.2 * 0.5**2] * 2  # StepLR(2, 0.5) stepped 4 times on every rank
+    assert got["checkpoint_epoch"] == 4 and got["checkpoint_matches"]
+
+
+@needs_mpi
 def test_a_failing_rank_raises_on_every_rank(two_rank_run):
     _, _, stdout = two_rank_run
     for r in (0, 1):

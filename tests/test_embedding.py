@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 from fd import assert_close, numeric_grad
-from reference_layers import embedding, embedding_grad
 
 import fastgrad as fg
 import fastgrad.functional as F
 from fastgrad import _jit
 from fastgrad.kernels import embedding as kemb
+from fastgrad.reference import embedding, embedding_grad
 
 # (num_embeddings, dim, index shape, padding_idx)
 GRID = [

@@ -11,52 +11,19 @@ import pytest
 
 import fastgrad as fg
 import fastgrad.functional as F
+from fastgrad.cases import LAYER_CASES
 
 
 def _cases():
-    """(layer, x) for every built-in layer type, float32 (the default), small enough for the full check."""
-    rng = np.random.default_rng(7)
-
-    def x(*shape):
-        return rng.standard_normal(shape)
-
-    return [
-        (fg.Dense(5, 4, "tanh", seed=1), x(3, 5)),
-        (fg.Conv1D(2, 3, 3, padding=1, seed=2), x(2, 2, 5)),
-        (fg.Conv2D(2, 2, (2, 3), padding=1, bias="untied", input_size=(3, 4), seed=3), x(2, 2, 3, 4)),
-        (fg.MaxPool1D(2), x(2, 3, 6)),
-        (fg.MaxPool2D(2), x(2, 2, 4, 4)),
-        (fg.AvgPool1D(3, stride=2, padding=1), x(2, 3, 6)),
-        (fg.AvgPool2D(2), x(2, 2, 4, 4)),
-        (fg.Flatten(), x(2, 3, 2, 2)),
-        (fg.Activation("gelu"), x(3, 4)),
-        (fg.Softmax(axis=1), x(3, 5)),
-        (fg.LogSoftmax(), x(3, 5)),
-        (fg.LSTM(2, 2, num_layers=2, bidirectional=True, seed=5), x(3, 2, 2)),
-        (fg.Sequential(fg.Dense(4, 3, "tanh", seed=6), fg.Softmax()), x(2, 4)),
-        (fg.Embedding(6, 3, seed=8), rng.integers(0, 6, (2, 4))),  # indices: no x row
-        (fg.Dropout(0.4).eval(), x(3, 4)),  # training draws a new mask per forward: checked in eval mode
-        (_affine(fg.LayerNorm((2, 3)), rng), x(2, 2, 3)),
-        (_affine(fg.BatchNorm1D(3), rng), x(4, 3, 2)),  # training mode: the batch statistics
-        (_running(_affine(fg.BatchNorm2D(2), rng), rng).eval(), x(2, 2, 2, 3)),  # eval: the running ones
-    ]
-
-
-def _affine(layer, rng):
-    """gamma, beta away from their (1, 0) start, so an error in either shows."""
-    layer.params["gamma"][...] = 1 + 0.5 * rng.standard_normal(layer.params["gamma"].shape)
-    layer.params["beta"][...] = rng.standard_normal(layer.params["beta"].shape)
-    return layer
-
-
-def _running(layer, rng):
-    layer.buffers["running_mean"][...] = rng.standard_normal(layer.num_features)
-    layer.buffers["running_var"][...] = 0.5 + rng.random(layer.num_features)
-    return layer
-
-
-def _x_row(layer):
-    return [] if layer.takes_indices else ["x"]
+    """(layer, x) for the first case of every layer type in the shared table, float32 (the default dtype)."""
+    seen = set()
+    out = []
+    for case in LAYER_CASES:
+        layer = case.layer(np.float32)
+        if type(layer) not in seen:
+            seen.add(type(layer))
+            out.append((layer, case.input(seed=7)))
+    return out
 
 
 def test_the_cases_cover_every_builtin_layer_type():
@@ -75,6 +42,11 @@ def _inject(layer, target):
         return dx
 
     layer.backward = backward
+
+
+def _x_row(layer):
+    """["x"], or [] for a layer reading integer indices (Embedding): they have no gradient."""
+    return [] if layer.takes_indices else ["x"]
 
 
 def _targets():

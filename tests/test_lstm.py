@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
-import reference_lstm as R
 from fd import assert_close, numeric_grad
 
 import fastgrad.functional as F
+from fastgrad import reference as R
 from fastgrad.functional import lstm as FL
 from fastgrad.layers.lstm import LSTM
 

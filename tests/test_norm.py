@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 from fd import assert_close, numeric_grad
-from reference_layers import batch_norm, batch_norm_grads, layer_norm, layer_norm_grads
 
 import fastgrad as fg
 import fastgrad.functional as F
 from fastgrad import _jit
 from fastgrad.kernels import norm as knorm
+from fastgrad.reference import batch_norm, batch_norm_grads, layer_norm, layer_norm_grads
 
 # (x shape, normalized_shape, affine, eps)
 LAYER_NORM_GRID = [
@@ -342,3 +342,22 @@ def test_batch_norm_matches_torch_over_training_steps_and_in_eval(kind, shape, r
             opt.step()
             np.testing.assert_allclose(ours.buffers["running_mean"], ref.running_mean.numpy(), rtol=1e-9, atol=1e-14)
             np.testing.assert_allclose(ours.buffers["running_var"], ref.running_var.numpy(), rtol=1e-9)
+
+
+def test_buffers_are_part_of_state_dicts_and_checkpoints(tmp_path, rng):
+    model = fg.Sequential(fg.Dense(3, 4, dtype=np.float64, seed=0), fg.BatchNorm1D(4, dtype=np.float64))
+    model(rng.standard_normal((8, 3)))
+    state = model.state_dict()
+    assert list(state) == ["0.W", "0.b", "1.gamma", "1.beta", "1.running_mean", "1.running_var"]
+    assert state["1.running_var"] is not model.buffers["1.running_var"]  # a copy
+    model(rng.standard_normal((8, 3)) + 5)  # the statistics move on
+    model.load_state_dict(state)
+    assert np.array_equal(model.buffers["1.running_mean"], state["1.running_mean"])
+    with pytest.raises(ValueError, match="missing keys '1.running_var'"):
+        model.load_state_dict({k: v for k, v in state.items() if k != "1.running_var"})
+    opt = fg.SGD(model, 0.1)
+    path = tmp_path / "ck.npz"
+    fg.save_checkpoint(path, model, opt, epoch=1)
+    back = fg.load_checkpoint(path).model
+    for k, v in model.buffers.items():
+        assert np.array_equal(back.buffers[k], v), k

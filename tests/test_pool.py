@@ -9,12 +9,12 @@ import numba
 import numpy as np
 import pytest
 from fd import assert_close, numeric_grad
-from reference_conv import pool_ref
 
 import fastgrad.functional as FC
 from fastgrad.functional import geometry as FG
 from fastgrad.kernels import pool as KP
 from fastgrad.layers.pool import AvgPool1D, AvgPool2D, MaxPool1D, MaxPool2D
+from fastgrad.reference import pool_ref
 
 FUNCS = {"max": (FC.max_pool_forward, FC.max_pool_backward), "avg": (FC.avg_pool_forward, FC.avg_pool_backward)}
 

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 from fd import assert_close, numeric_grad, random_direction_check
-from reference import cross_entropy, log_softmax, softmax, softmax_jacobian, softmax_vjp
 
 import fastgrad as fg
 import fastgrad.functional as F
+from fastgrad.reference import cross_entropy, log_softmax, softmax, softmax_jacobian, softmax_vjp
 
 
 @pytest.mark.parametrize("axis", [-1, 0, 1])

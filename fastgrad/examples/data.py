@@ -30,8 +30,9 @@ def shifted(images, rng):
 
     The digits are centred by hand, so a one-pixel shift is a new, equally valid
     sample: training on the originals plus one shifted copy per epoch is what
-    keeps the CNN above 98 % test accuracy for every seed tried (0-4), against
-    97.0-98.6 % without it.
+    keeps the CNN above 98 % test accuracy for every seed tried (0-4: 98.3-99.4 %
+    with the schedule and early stopping of ``cnn.train``; without the copy an
+    earlier version of that loop reached 97.0-98.6 %).
     """
     n, _c, h, w = images.shape
     padded = np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1)))

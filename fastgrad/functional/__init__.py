@@ -19,14 +19,14 @@ Inputs are never modified.  dtype rule: the dtype of the first tensor
     lstm           lstm_forward, lstm_backward, lstm_backward_into
     embedding      embedding_forward, embedding_backward, embedding_backward_into
     norm           layer_norm_forward, batch_norm_forward, *_backward, *_backward_into
-    dropout        dropout_forward, dropout_backward, dropout_backward_into, default_generator
+    dropout        dropout_forward, dropout_backward, dropout_backward_into
 """
 
 from ..kernels.activations import ACTIVATIONS
 from .activation import activation_backward, activation_backward_into, activation_forward
 from .conv import ConvCache, conv_backward, conv_backward_into, conv_forward
 from .dense import DenseCache, dense_backward, dense_backward_into, dense_forward
-from .dropout import DropoutCache, default_generator, dropout_backward, dropout_backward_into, dropout_forward
+from .dropout import DropoutCache, dropout_backward, dropout_backward_into, dropout_forward
 from .embedding import EmbeddingCache, embedding_backward, embedding_backward_into, embedding_forward
 from .geometry import conv_output_shape, pool_output_shape, resolve_padding
 from .lstm import LSTM_DEFAULT_ACTIVATIONS, LSTM_GATES, LSTMCache, lstm_backward, lstm_backward_into, lstm_forward
@@ -111,5 +111,4 @@ __all__ = [
     "dropout_forward",
     "dropout_backward",
     "dropout_backward_into",
-    "default_generator",
 ]

@@ -3,7 +3,8 @@
 In training each element is kept with probability 1 - p and scaled by
 1/(1 - p) (zeroed otherwise), so the expected output equals x and evaluation
 is the identity, as ``torch.nn.functional.dropout``.  The mask is drawn from a
-NumPy ``Generator``: the ``rng`` given, else :func:`default_generator`.  The
+NumPy ``Generator``: the ``rng`` given, else fastgrad's default generator
+(``fastgrad.random.default_generator``, reseeded by ``fg.manual_seed``).  The
 backward reuses the forward's mask.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 from .. import _jit
 from .._checks import as_array, check_alloc, real_number
 from ..kernels import dropout as kdrop
+from ..random import default_generator
 from .common import check_cache, grad_buffer, unpack_grads, upstream
 
 
@@ -27,22 +29,6 @@ class DropoutCache(NamedTuple):
     dtype: np.dtype
 
 
-_default_rng = None
-
-
-def default_generator() -> np.random.Generator:
-    """The generator dropout masks are drawn from when no ``rng`` is given.
-
-    One NumPy generator per process, seeded from the OS on first use.  (The one
-    place to change when fastgrad gains a global default generator: return it
-    here and dropout becomes reproducible under its seed.)
-    """
-    global _default_rng
-    if _default_rng is None:
-        _default_rng = np.random.default_rng()
-    return _default_rng
-
-
 def dropout_probability(p, where: str) -> float:
     """p as a float in [0, 1]."""
     return real_number(p, "p", where, low=0.0, high=1.0)
@@ -52,7 +38,7 @@ def dropout_forward(x, p=0.5, training=True, *, rng=None, check_finite=None):
     """y = x * m, m_k = Bernoulli(1 - p) / (1 - p) in training; y = x (the same array) otherwise.
 
     x any shape; ``p`` in [0, 1] (p = 1 zeroes everything); ``rng`` a
-    ``numpy.random.Generator`` or None for :func:`default_generator`.  Returns
+    ``numpy.random.Generator`` or None for fastgrad's default generator.  Returns
     ``(y, cache)``; the mask is drawn only in training with p > 0.
     """
     where = "dropout_forward"

@@ -50,6 +50,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .._checks import as_array, check_alloc, float_dtype
+from ..state import copy_state, load_state
 
 
 class Layer:
@@ -123,6 +124,32 @@ class Layer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
+
+    # -- training state ---------------------------------------------------------
+    @property
+    def trainable(self) -> bool:
+        """``False`` freezes the layer: optimizers skip its parameters and
+        ``Sequential.backward`` leaves its ``grads`` at zero (the gradient still
+        reaches the layers before it)."""
+        return self.__dict__.get("_trainable", True)
+
+    @trainable.setter
+    def trainable(self, value) -> None:
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{type(self).__name__}.trainable must be True or False, got {type(value).__name__}")
+        self.__dict__["_trainable"] = bool(value)
+
+    def state_dict(self) -> dict:
+        """Copies of the parameters, ``{name: ndarray}`` with the names of ``params``."""
+        return copy_state(self)
+
+    def load_state_dict(self, state, strict: bool = True):
+        """Copy ``state`` (a :meth:`state_dict`, or a model to copy from) into the parameters.
+
+        Everything is checked before anything is written; see
+        :func:`fastgrad.state.load_state`.  Returns ``(missing_keys, unexpected_keys)``.
+        """
+        return load_state(self, state, strict)
 
     # -- helpers for subclasses -----------------------------------------------
     def _where(self, method: str) -> str:

@@ -7,6 +7,7 @@ import numpy as np
 from .. import functional as F
 from ..functional import geometry as FG
 from .._checks import activation_code, positive_int
+from ..random import init_generator
 from .base import Layer, check_param_sizes, uniform_init
 
 _BIAS_MODES = ("tied", "untied", None)
@@ -69,7 +70,7 @@ class _ConvND(Layer):
             out = FG.conv_output_shape(self.input_size, self.kernel_size, self.stride, self.padding, self.dilation, where)
             shapes["B"] = (self.out_channels,) + out
         check_param_sizes(where, self.dtype, shapes)
-        rng = np.random.default_rng(seed)
+        rng = init_generator(seed, where)  # seed=None: the default generator (fg.manual_seed)
         for name, shape in shapes.items():
             self.add_param(name, uniform_init(rng, shape, fan_in, self.dtype))
 

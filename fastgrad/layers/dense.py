@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import functional as F
 from .._checks import activation_code, positive_int
+from ..random import init_generator
 from .base import Layer, check_param_sizes, uniform_init
 
 
@@ -38,7 +39,7 @@ class Dense(Layer):
         if self.bias:
             shapes["b"] = (self.out_features,)
         check_param_sizes(where, self.dtype, shapes)
-        rng = np.random.default_rng(seed)
+        rng = init_generator(seed, where)  # seed=None: the default generator (fg.manual_seed)
         self.add_param("W", uniform_init(rng, (self.out_features, self.in_features), self.in_features, self.dtype))
         if self.bias:
             self.add_param("b", uniform_init(rng, (self.out_features,), self.in_features, self.dtype))

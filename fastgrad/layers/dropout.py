@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from .._checks import positive_int
+from ..random import check_seed
 from ..functional.dropout import dropout_probability
 from .base import Layer
 
@@ -16,9 +16,10 @@ class Dropout(Layer):
     and the others are scaled by 1/(1 - p); in evaluation the layer is the identity.
 
     The mask is drawn afresh on every forward and reused by ``backward``.  With
-    ``seed=None`` it comes from fastgrad's default generator
-    (``fastgrad.functional.default_generator``); an int ``seed`` gives the layer
-    its own generator, so a run is reproducible on its own.  (A gradient check
+    ``seed=None`` it comes from fastgrad's default generator, so
+    ``fg.manual_seed(s)`` makes a run reproducible; an int ``seed`` gives the
+    layer its own generator instead (its stream is not part of a checkpoint's
+    random state: for exactly resumable training leave ``seed=None``).  (A gradient check
     needs the mask fixed: check in ``eval()`` mode or with p = 0.)
     """
 
@@ -26,8 +27,8 @@ class Dropout(Layer):
         super().__init__()
         where = "Dropout"
         self.p = dropout_probability(p, where)
-        self.seed = None if seed is None else positive_int(seed, "seed", where, minimum=0)
-        self._rng = None if seed is None else np.random.default_rng(self.seed)
+        self.seed = None if seed is None else check_seed(seed, where)
+        self._rng = None if seed is None else np.random.default_rng(self.seed)  # None: the default generator
 
     def forward(self, x):
         x = self._input(x)

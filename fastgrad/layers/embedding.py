@@ -7,6 +7,7 @@ import numpy as np
 from .. import functional as F
 from .._checks import as_indices, positive_int
 from ..functional.embedding import padding_index
+from ..random import init_generator
 from .base import Layer, check_param_sizes
 
 
@@ -31,7 +32,7 @@ class Embedding(Layer):
         self.padding_idx = padding_index(padding_idx, self.num_embeddings, where)
         shape = (self.num_embeddings, self.embedding_dim)
         check_param_sizes(where, self.dtype, {"W": shape})
-        W = np.random.default_rng(seed).standard_normal(shape, dtype=self.dtype.type)
+        W = init_generator(seed, where).standard_normal(shape, dtype=self.dtype.type)  # seed=None: fg.manual_seed's stream
         if self.padding_idx is not None:
             W[self.padding_idx] = 0
         self.add_param("W", W)

@@ -7,6 +7,7 @@ import numpy as np
 from .._checks import as_array, positive_int, real_number
 from .. import functional as F
 from ..functional.lstm import lstm_activations, lstm_lengths
+from ..random import init_generator
 from .base import Layer, check_param_sizes, uniform_init
 
 
@@ -87,7 +88,7 @@ class LSTM(Layer):
                 shapes[f"W_l{layer}{suffix}"] = (4, H, H + fan)
                 shapes[f"b_l{layer}{suffix}"] = (4, H)
         check_param_sizes(where, self.dtype, shapes)
-        rng = np.random.default_rng(seed)
+        rng = init_generator(seed, where)  # seed=None: the default generator (fg.manual_seed)
         for name, shape in shapes.items():
             value = uniform_init(rng, shape, H, self.dtype)
             if name.startswith("b_"):

@@ -50,6 +50,16 @@ def targets(name, y_int, y_real):
     return y_int if name == "ce" else y_real
 
 
+class Score:
+    """Puts a scripted "score" into the epoch's logs (the same on every rank)."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def on_epoch_end(self, epoch, logs, model):
+        logs["score"] = self.values[epoch]
+
+
 def main(outdir):
     comm = dist.init()
     r, world = dist.rank(), dist.world_size()
@@ -70,6 +80,21 @@ def main(outdir):
         same_file = all(np.array_equal(loaded.params[k], model.params[k]) for k in model.params)
         results[name] = {"history": hist, "ranks_identical": all(o == others[0] for o in others), "file_matches": same_file,
                          "allreduce_calls": opt.reducer.calls}
+
+    # callbacks: every rank sees the same logs, so schedules and early stopping agree; rank 0 writes the checkpoint
+    x, y_int, _ = data(96)
+    model = build(5)
+    opt = fg.SGD(model, 0.2, momentum=0.9)
+    stop = fg.EarlyStopping(monitor="score", patience=2)
+    path = os.path.join(outdir, "callbacks.npz")
+    hist = dist.fit(model, x, y_int, fg.CrossEntropyLoss(), opt, epochs=8, batch_size=16, progress=False, seed=3,
+                    callbacks=[Score([3.0, 2.0, 2.5, 2.6, 1.0, 1.0, 1.0, 1.0]), fg.StepLR(opt, 2, 0.5), stop, fg.ModelCheckpoint(path)])
+    saved = fg.load_checkpoint(path)
+    results["callbacks"] = {
+        "epochs": len(hist["loss"]), "stopped_epoch": stop.stopped_epoch, "lr_per_rank": comm.allgather(opt.lr),
+        "checkpoint_epoch": saved.epoch,
+        "checkpoint_matches": all(np.array_equal(saved.model.params[k], v) for k, v in model.params.items()),
+    }
 
     # a rank that fails: rank 1's labels are out of range, so its loss raises
     x, y_int, _ = data(64)

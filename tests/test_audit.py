@@ -1,4 +1,5 @@
-"""Audits that run last (file name sorts last): races, parallel loops, specialisations, bounds.
+"""Audits that run after every other test (marked ``audit``; tests/conftest.py orders them last):
+races, parallel loops, specialisations, bounds.
 
 numba hides three failure modes from ordinary tests: a racy ``prange``
 accumulation gives slightly wrong numbers without an error; a ``raise`` or an
@@ -22,6 +23,10 @@ import fastgrad.functional as F
 from fastgrad import _jit
 
 ROOT = Path(__file__).resolve().parents[1]
+
+#: conftest.pytest_collection_modifyitems runs these last: the specialisation audit counts what
+#: the whole suite compiled
+pytestmark = pytest.mark.audit
 
 
 def _ops(dtype):
