@@ -24,15 +24,21 @@ from .config import get_num_threads, set_num_threads, show_config, warmup
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck, gradcheck_fn
 from .io import ModelFileError, load, load_weights, save
 from .kernels.activations import ACTIVATIONS
+from .interop import from_torch, to_torch
 from .layers import (
     Activation,
     AvgPool1D,
     AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
     Conv1D,
     Conv2D,
     Dense,
+    Dropout,
+    Embedding,
     Flatten,
     Layer,
+    LayerNorm,
     LogSoftmax,
     LSTM,
     MaxPool1D,
@@ -63,6 +69,13 @@ __all__ = [
     "AvgPool1D",
     "AvgPool2D",
     "LSTM",
+    "Embedding",
+    "Dropout",
+    "LayerNorm",
+    "BatchNorm1D",
+    "BatchNorm2D",
+    "from_torch",
+    "to_torch",
     "Sequential",
     "MSELoss",
     "CrossEntropyLoss",

@@ -114,6 +114,30 @@ def as_array(
     return arr
 
 
+def as_indices(x, name: str, where: str, *, high: int | None = None) -> np.ndarray:
+    """Return integer indices ``x`` as a C-contiguous int64 array, each in [0, high), or raise.
+
+    Any integer dtype (and Python lists of ints) is accepted; floats are refused
+    rather than truncated, and bools rather than read as 0/1 (TypeError).  A
+    value outside [0, high) raises ValueError naming the range and the extremes.
+    The input is never modified.
+    """
+    if x is None or isinstance(x, (str, bytes, dict, set)):
+        raise TypeError(f"{where}: {name} must be an array of integer indices, got {_describe(x)}")
+    try:
+        arr = x if isinstance(x, np.ndarray) else np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{where}: {name} could not be read as an array ({exc})"[:290]) from None
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{where}: {name} must be an array of integer indices, got {_describe(arr)}")
+    if arr.size and high is not None:
+        lo, hi = arr.min(), arr.max()  # before any conversion: a huge uint64 must not wrap into range
+        if lo < 0 or hi >= high:
+            raise ValueError(f"{where}: {name} must hold indices in [0, {high}), got values from {lo} to {hi}")
+    out = np.ascontiguousarray(arr, dtype=np.int64)
+    return out if out.flags.writeable else out.copy()
+
+
 def check_shape(arr: np.ndarray, shape: tuple, name: str, where: str) -> None:
     """Raise ValueError unless arr.shape == shape (None in shape matches anything)."""
     ok = arr.ndim == len(shape) and all(s is None or s == a for s, a in zip(shape, arr.shape))

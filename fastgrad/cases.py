@@ -24,19 +24,36 @@ class LayerCase:
     """A layer built by ``build(dtype)`` and a standard-normal input of ``input_shape``.
 
     ``shift`` moves the input off kinks (ReLU at 0, max-pool ties) where a
-    finite difference would straddle one.
+    finite difference would straddle one.  ``indices`` > 0: the input is
+    integer indices in [0, indices) instead (Embedding).
     """
 
     label: str
     build: Callable
     input_shape: tuple
     shift: float = 0.0
+    indices: int = 0
 
     def layer(self, dtype=np.float64):
         return self.build(np.dtype(dtype))
 
     def input(self, seed: int = 0) -> np.ndarray:
-        return np.random.default_rng(seed).standard_normal(self.input_shape) + self.shift
+        rng = np.random.default_rng(seed)
+        if self.indices:
+            return rng.integers(0, self.indices, self.input_shape)
+        return rng.standard_normal(self.input_shape) + self.shift
+
+
+def _moved(layer, eval_mode=False):
+    """A norm layer with gamma, beta (and running statistics) away from their start, so an error in either shows."""
+    rng = np.random.default_rng(16)
+    layer.params["gamma"][...] = 1 + 0.5 * rng.standard_normal(layer.params["gamma"].shape)
+    layer.params["beta"][...] = rng.standard_normal(layer.params["beta"].shape)
+    if eval_mode:
+        layer.buffers["running_mean"][...] = rng.standard_normal(layer.buffers["running_mean"].shape)
+        layer.buffers["running_var"][...] = 0.5 + rng.random(layer.buffers["running_var"].shape)
+        layer.eval()
+    return layer
 
 
 def _cases() -> list:
@@ -77,6 +94,12 @@ def _cases() -> list:
             fg.Flatten(),
             fg.Dense(12, 4, dtype=dt, seed=10),
         ), (2, 1, 4, 4), shift=0.05),
+        LayerCase("Dense[N-D input]", lambda dt: fg.Dense(4, 3, "gelu_erf", dtype=dt, seed=14), (2, 3, 4)),
+        LayerCase("Embedding", lambda dt: fg.Embedding(6, 3, dtype=dt, seed=15), (2, 3), indices=6),
+        LayerCase("Dropout[eval]", lambda dt: fg.Dropout(0.5).eval(), (3, 4)),  # training draws a new mask per forward
+        LayerCase("LayerNorm", lambda dt: _moved(fg.LayerNorm((2, 3), dtype=dt)), (2, 2, 3)),
+        LayerCase("BatchNorm1D[train]", lambda dt: _moved(fg.BatchNorm1D(3, dtype=dt)), (4, 3, 2)),
+        LayerCase("BatchNorm2D[eval]", lambda dt: _moved(fg.BatchNorm2D(2, dtype=dt), eval_mode=True), (2, 2, 3, 3)),
         LayerCase("Sequential[MLP]", lambda dt: fg.Sequential(
             fg.Dense(6, 8, "tanh", dtype=dt, seed=3),
             fg.Dense(8, 5, "silu", dtype=dt, seed=4),

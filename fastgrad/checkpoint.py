@@ -30,6 +30,7 @@ from .io import ModelFileError, build, describe_model, write_atomic
 from .layers.base import Layer
 from .optim import Optimizer
 from .random import check_rng_state, fork_rng, get_rng_state
+from .state import state_arrays
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "walk_layers", "FORMAT", "VERSION"]
 
@@ -177,7 +178,7 @@ def save_checkpoint(path, model, optimizer, epoch, **extra) -> None:
     paths = {}
     for layer_path, layer in walk_layers(model):
         paths.setdefault(id(layer), layer_path)
-    arrays = {_MODEL_PREFIX + name: np.ascontiguousarray(p) for name, p in model.params.items()}
+    arrays = {_MODEL_PREFIX + name: np.ascontiguousarray(p) for name, p in state_arrays(model).items()}  # params, buffers
     header = {
         "format": FORMAT,
         "version": VERSION,
@@ -242,12 +243,13 @@ def _build_model(header, arrays, where):
     with fork_rng():  # the initial weights drawn here are overwritten: keep the default generator's stream
         model = build(arch.get("type"), arch.get("config"), where=where)
     state = {name[len(_MODEL_PREFIX):]: arr for name, arr in arrays.items() if name.startswith(_MODEL_PREFIX)}
-    for name, p in model.params.items():
+    expected = state_arrays(model)  # parameters, then buffers (BatchNorm's running statistics)
+    for name, p in expected.items():
         if name not in state:
             raise ModelFileError(f"{where}: missing parameter key {name!r}")
         if state[name].shape != p.shape or state[name].dtype != p.dtype:
             raise ModelFileError(f"{where}: key {name!r} is {state[name].dtype} {state[name].shape}, the model needs {p.dtype} {p.shape}")
-    extra = sorted(set(state) - set(model.params))
+    extra = sorted(set(state) - set(expected))
     if extra:
         raise ModelFileError(f"{where}: unexpected parameter key {extra[0]!r}"[:290])
     model.load_state_dict(state)

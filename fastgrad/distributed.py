@@ -55,10 +55,9 @@ import time
 
 import numpy as np
 
-from ._checks import as_array
 from .losses import CrossEntropyLoss
 from .optim import named_parameters
-from .training import batch_shards, epoch_order, shard_bounds, train
+from .training import as_input, batch_shards, epoch_order, input_dtype, shard_bounds, train
 
 __all__ = [
     "init",
@@ -577,7 +576,7 @@ def evaluate(model, x, y, loss, batch_size=256, comm=None):
     """
     comm = _resolve(comm)
     r, world = int(comm.Get_rank()), int(comm.Get_size())
-    x = as_array(x, "x", "distributed.evaluate", dtype=model.dtype)
+    x = as_input(x, input_dtype(model), "x", "distributed.evaluate")
     y = np.asarray(y)
     lo, hi = shard_bounds(x.shape[0], r, world)
     classify = isinstance(loss, CrossEntropyLoss) and y.dtype.kind in "iu"

@@ -34,8 +34,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._checks import as_array, positive_int, real_number
-from .layers.base import Layer
+from ._checks import as_array, as_indices, positive_int, real_number
+from .layers.base import Layer, sublayers, takes_indices
 
 MODES = ("full", "directional")
 #: dicts of a layer whose floating entries are float64 during a check
@@ -176,25 +176,6 @@ def _check_tensor(name, tensor, analytic, loss, rng, opts) -> TensorCheck:
 
 
 # -- the very object, in float64 for the duration of the check ----------------------
-def _sublayers(obj: Layer) -> list:
-    """``obj`` and every Layer reachable through its attributes (Sequential.layers, a user block's children), once each."""
-    found = {}
-    stack = [obj]
-    while stack:
-        layer = stack.pop()
-        if id(layer) in found:
-            continue
-        found[id(layer)] = layer
-        for value in vars(layer).values():
-            if isinstance(value, Layer):
-                stack.append(value)
-            elif isinstance(value, (list, tuple)):
-                stack.extend(v for v in value if isinstance(v, Layer))
-            elif isinstance(value, dict):
-                stack.extend(v for v in value.values() if isinstance(v, Layer))
-    return list(found.values())
-
-
 def _is_float_array(value) -> bool:
     return isinstance(value, np.ndarray) and value.dtype.kind == "f"
 
@@ -221,7 +202,7 @@ def float64_in_place(obj: Layer):
 
     saved = []
     try:
-        for layer in _sublayers(obj):
+        for layer in sublayers(obj):
             attrs = dict(vars(layer))
             dicts = {key: dict(attrs[key]) for key in STATE_DICTS if isinstance(attrs.get(key), dict)}
             saved.append((layer, attrs, dicts))
@@ -291,7 +272,8 @@ def gradcheck(
     ``layer_or_model``: any :class:`Layer` (built-in, ``Sequential`` or your own),
     checked as it is, including methods replaced on the instance; it runs in
     float64 during the check and is left bitwise unchanged (params, grads,
-    dtype, caches).  Rows: the input gradient ``x`` and every parameter
+    dtype, caches).  Rows: the input gradient ``x`` (none when the model
+    reads integer indices, e.g. starts with an Embedding) and every parameter
     gradient; then ``report.accumulation``: a second forward/backward must
     double the gradients (backward adds into ``grads``).  ``mode``: ``"full"`` (every element, or a
     random ``max_points`` per tensor) or ``"directional"`` (``directions``
@@ -306,7 +288,11 @@ def gradcheck(
     model = layer_or_model
     name = type(model).__name__
     _protocol(model, name, where)
-    x = np.array(as_array(x, "x", where), dtype=np.float64, order="C", copy=True)
+    indices = takes_indices(model)
+    if indices:  # an Embedding first: x is integer indices, with no gradient of its own (no x row)
+        x = as_indices(x, "x", where)
+    else:
+        x = np.array(as_array(x, "x", where), dtype=np.float64, order="C", copy=True)
     rng = np.random.default_rng(seed)
     report = GradcheckReport(name, opts.eps, opts.atol, opts.rtol, mode=opts.mode)
     with float64_in_place(model):
@@ -314,10 +300,13 @@ def gradcheck(
         u = rng.standard_normal(y.shape)
         model.zero_grad()
         dx = model.backward(u.copy())
-        if not isinstance(dx, np.ndarray) or dx.shape != x.shape:
+        if indices:
+            dx = None
+        elif not isinstance(dx, np.ndarray) or dx.shape != x.shape:
             got = dx.shape if isinstance(dx, np.ndarray) else type(dx).__name__
             raise ValueError(f"{where}: {name}.backward must return dL/dx shaped like x {x.shape}, got {got}")
-        dx = np.array(dx, dtype=np.float64, copy=True)  # may be a buffer the next call reuses
+        else:
+            dx = np.array(dx, dtype=np.float64, copy=True)  # may be a buffer the next call reuses
         grads = {key: np.array(g, dtype=np.float64) for key, g in model.grads.items()}
         twice = None
         if grads:
@@ -328,7 +317,8 @@ def gradcheck(
         def loss():
             return float(np.sum(u * model.forward(x)))
 
-        report.rows.append(_check_tensor("x", x, dx, loss, rng, opts))
+        if not indices:
+            report.rows.append(_check_tensor("x", x, dx, loss, rng, opts))
         for key, p in model.params.items():
             report.rows.append(_check_tensor(key, p, grads[key], loss, rng, opts))
     if twice is not None:

@@ -1,7 +1,9 @@
 """Save and load models as ``.npz`` files: parameters plus the architecture as JSON.
 
 No pickle anywhere: arrays are written and read with ``allow_pickle=False`` and
-the architecture is a JSON string of each layer's ``get_config()``.  Writes are
+the architecture is a JSON string of each layer's ``get_config()``.  Parameters
+are stored under ``param/<name>``, buffers (state that is saved but not trained,
+such as BatchNorm's running statistics) under ``buffer/<name>``.  Writes are
 atomic (a temporary file in the same directory, fsync, ``os.replace``), so an
 interrupted save leaves the previous file intact.  Every problem with a file
 raises :class:`ModelFileError` (a ValueError) naming the file and the key, and
@@ -26,6 +28,7 @@ FORMAT = "fastgrad-model"
 VERSION = 1
 _ARCH_KEY = "__architecture__"
 _PARAM_PREFIX = "param/"
+_BUFFER_PREFIX = "buffer/"
 #: a saved architecture larger than this is refused (hostile or corrupt file)
 MAX_ARCH_CHARS = 1 << 20
 
@@ -80,6 +83,7 @@ def save(model, path) -> None:
     path = os.fspath(path)
     check_rebuildable(model)
     arrays = {_PARAM_PREFIX + name: np.ascontiguousarray(arr) for name, arr in model.params.items()}
+    arrays.update({_BUFFER_PREFIX + name: np.ascontiguousarray(arr) for name, arr in _buffers(model).items()})
     arrays[_ARCH_KEY] = np.array(json.dumps(describe_model(model)))
     write_atomic(path, lambda fh: np.savez(fh, **arrays), "save")
 
@@ -117,8 +121,14 @@ def _remove_quietly(tmp) -> None:
         os.unlink(tmp)
 
 
+def _buffers(model) -> dict:
+    """The model's buffers ({} for a layer without any, e.g. a user layer predating buffers)."""
+    buffers = getattr(model, "buffers", None)
+    return buffers if isinstance(buffers, dict) else {}
+
+
 def _read(path) -> tuple[dict, dict]:
-    """(architecture dict, {param name: array}) from a file, or ModelFileError."""
+    """(architecture dict, {"param/<name>" or "buffer/<name>": array}) from a file, or ModelFileError."""
     path = os.fspath(path)
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -133,9 +143,9 @@ def _read(path) -> tuple[dict, dict]:
             for name in names:
                 if name == _ARCH_KEY:
                     continue
-                if not name.startswith(_PARAM_PREFIX):
+                if not name.startswith((_PARAM_PREFIX, _BUFFER_PREFIX)):
                     raise ModelFileError(f"load: {path}: unexpected key {name!r}")
-                params[name[len(_PARAM_PREFIX) :]] = data[name]
+                params[name] = data[name]
     except ModelFileError:
         raise
     except FileNotFoundError:
@@ -210,20 +220,41 @@ def build(kind: str, config: dict, where: str = "load"):
         raise ModelFileError(f"{where}: cannot build {kind} from its config ({exc})"[:290]) from None
 
 
+def _stored(model) -> dict:
+    """The model's arrays a file holds, by file key: parameters, then buffers."""
+    out = {_PARAM_PREFIX + name: arr for name, arr in model.params.items()}
+    out.update({_BUFFER_PREFIX + name: arr for name, arr in _buffers(model).items()})
+    return out
+
+
 def _check_params(model, params: dict, path) -> None:
-    expected = model.params
+    expected = _stored(model)
     missing = sorted(set(expected) - set(params))
     extra = sorted(set(params) - set(expected))
     if missing:
-        raise ModelFileError(f"load: {path}: missing parameter key {missing[0]!r}")
+        raise ModelFileError(f"load: {path}: missing {_key_kind(missing[0])} key {_key_name(missing[0])!r}")
     if extra:
-        raise ModelFileError(f"load: {path}: unexpected parameter key {extra[0]!r}")
-    for name, arr in expected.items():
-        got = params[name]
+        raise ModelFileError(f"load: {path}: unexpected {_key_kind(extra[0])} key {_key_name(extra[0])!r}")
+    for key, arr in expected.items():
+        got = params[key]
+        name = _key_name(key)
         if got.shape != arr.shape:
             raise ModelFileError(f"load: {path}: key {name!r} has shape {got.shape}, the model needs {arr.shape}")
         if got.dtype != arr.dtype:
             raise ModelFileError(f"load: {path}: key {name!r} has dtype {got.dtype}, the model needs {arr.dtype}")
+
+
+def _key_kind(key: str) -> str:
+    return "parameter" if key.startswith(_PARAM_PREFIX) else "buffer"
+
+
+def _key_name(key: str) -> str:
+    return key.split("/", 1)[1]
+
+
+def _copy_into(model, params: dict) -> None:
+    for key, arr in _stored(model).items():
+        arr[...] = params[key]
 
 
 def load(path):
@@ -232,13 +263,12 @@ def load(path):
     with fork_rng():  # the initial weights drawn here are overwritten: keep the default generator's stream
         model = build(arch.get("type"), arch.get("config"), where=f"load: {os.fspath(path)}")
     _check_params(model, params, os.fspath(path))
-    for name, arr in model.params.items():
-        arr[...] = params[name]
+    _copy_into(model, params)
     return model
 
 
 def load_weights(model, path) -> None:
-    """Copy the parameters saved in ``path`` into an existing ``model``.
+    """Copy the parameters (and buffers) saved in ``path`` into an existing ``model``.
 
     The file must describe the same architecture and hold the same parameter
     names, shapes and dtypes; every check runs before any parameter is written,
@@ -254,5 +284,4 @@ def load_weights(model, path) -> None:
             f" ({mine['type']!r})"[:295]
         )
     _check_params(model, params, os.fspath(path))
-    for name, arr in model.params.items():
-        arr[...] = params[name]
+    _copy_into(model, params)

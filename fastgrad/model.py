@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from ._checks import as_array, positive_int
-from .layers.base import Layer, layer_type
+from ._checks import as_array, as_indices, positive_int
+from .layers.base import Layer, evaluating, layer_type, takes_indices
 from .losses import CrossEntropyLoss, Loss
 from .optim import clip_grad_norm, named_parameters
 from .training import LocalReplicas, train
@@ -39,6 +39,11 @@ class Sequential(Layer):
     @property
     def grads(self) -> dict:
         return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.grads.items()}
+
+    @property
+    def buffers(self) -> dict:
+        """All layers' buffers (BatchNorm running statistics) as one dict ``{"1.running_mean": array, ...}``."""
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in getattr(layer, "buffers", {}).items()}
 
     @property
     def dtype(self):
@@ -118,11 +123,18 @@ class Sequential(Layer):
 
     # -- training -----------------------------------------------------------
     def predict(self, x, batch_size=256):
-        """Forward pass in batches (no gradients kept beyond the last batch's cache)."""
-        x = as_array(x, "x", "Sequential.predict")
+        """Forward pass in batches, in evaluation mode (Dropout off, BatchNorm on its running
+        statistics; each layer's mode is restored afterwards); no gradients kept beyond the last batch's cache.
+        """
+        x = self._data(x, "Sequential.predict", None)
         batch_size = positive_int(batch_size, "batch_size", "Sequential.predict")
-        outs = [self.forward(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        with evaluating(self):
+            outs = [self.forward(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
         return np.concatenate(outs, axis=0)
+
+    def _data(self, x, where, dtype):
+        """x for predict/evaluate: int64 indices when the first layer takes indices (Embedding), else floats."""
+        return as_indices(x, "x", where) if takes_indices(self) else as_array(x, "x", where, dtype=dtype)
 
     def fit(
         self,
@@ -189,8 +201,8 @@ class Sequential(Layer):
         return value
 
     def evaluate(self, x, y, loss, batch_size=256):
-        """(mean loss, accuracy or None) over a data set, in batches."""
-        x = as_array(x, "x", "Sequential.evaluate", dtype=self.dtype)
+        """(mean loss, accuracy or None) over a data set, in batches, in evaluation mode (see predict)."""
+        x = self._data(x, "Sequential.evaluate", self.dtype)
         y = np.asarray(y)
         out = self.predict(x, batch_size)
         value = loss(out, y)

@@ -1,9 +1,11 @@
-"""Model state dicts: copies of the parameters, and loading them back with every check first.
+"""Model state dicts: copies of the parameters and buffers, and loading them back with every check first.
 
 ``layer.state_dict()`` and ``layer.load_state_dict(d, strict=True)`` (any Layer,
 Sequential included) call these.  A state dict is a plain ``{name: ndarray}``
-with the names of ``layer.params`` ("0.W", "1.b", ... for a Sequential); the
-arrays are copies, so training on does not change a saved state.
+with the names of ``layer.params`` ("0.W", "1.b", ... for a Sequential) followed
+by those of ``layer.buffers`` (BatchNorm's "2.running_mean", ..., as PyTorch's
+state dicts hold buffers too); the arrays are copies, so training on does not
+change a saved state.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["IncompatibleKeys", "copy_state", "load_state"]
+__all__ = ["IncompatibleKeys", "state_arrays", "copy_state", "load_state"]
 
 
 class IncompatibleKeys(NamedTuple):
@@ -23,9 +25,15 @@ class IncompatibleKeys(NamedTuple):
     unexpected_keys: list
 
 
+def state_arrays(layer) -> dict:
+    """The layer's own arrays a state dict holds: ``params``, then ``buffers`` (if the layer has any)."""
+    buffers = getattr(layer, "buffers", None)
+    return {**layer.params, **(buffers if isinstance(buffers, Mapping) else {})}
+
+
 def copy_state(layer) -> dict:
-    """``{name: copy of the parameter}`` in ``layer.params`` order."""
-    return {name: p.copy() for name, p in layer.params.items()}
+    """``{name: copy}`` of every parameter (``layer.params`` order), then every buffer."""
+    return {name: p.copy() for name, p in state_arrays(layer).items()}
 
 
 def _short(keys) -> str:
@@ -34,7 +42,7 @@ def _short(keys) -> str:
 
 
 def load_state(layer, state, strict=True, where=None) -> IncompatibleKeys:
-    """Copy the arrays of ``state`` into ``layer``'s own parameter arrays (which keep their identity).
+    """Copy the arrays of ``state`` into ``layer``'s own parameter and buffer arrays (which keep their identity).
 
     ``state``: a mapping ``name -> float array`` as from :func:`copy_state`, or a
     model whose parameters are copied.  Each array must have the parameter's
@@ -47,10 +55,10 @@ def load_state(layer, state, strict=True, where=None) -> IncompatibleKeys:
     if not isinstance(strict, (bool, np.bool_)):
         raise TypeError(f"{where}: strict must be True or False, got {type(strict).__name__}")
     if not isinstance(state, Mapping) and hasattr(state, "params") and hasattr(state, "state_dict"):
-        state = state.params
+        state = state_arrays(state)
     if not isinstance(state, Mapping):
         raise TypeError(f"{where}: state must be a dict name -> array (from state_dict()), got {type(state).__name__}")
-    params = layer.params
+    params = state_arrays(layer)
     missing = [name for name in params if name not in state]
     unexpected = [name for name in state if name not in params]
     if strict and (missing or unexpected):

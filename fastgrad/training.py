@@ -24,7 +24,8 @@ import time
 
 import numpy as np
 
-from ._checks import as_array, positive_int, real_number
+from ._checks import as_array, as_indices, positive_int, real_number
+from .layers.base import takes_indices
 from .losses import CrossEntropyLoss, Loss
 from .optim import clip_grad_norm, named_parameters
 from .random import check_seed, epoch_generator, initial_seed
@@ -32,6 +33,8 @@ from .random import check_seed, epoch_generator, initial_seed
 __all__ = [
     "train",
     "check_fit_args",
+    "input_dtype",
+    "as_input",
     "ProgressBar",
     "LocalReplicas",
     "FitContext",
@@ -99,6 +102,9 @@ def batch_shards(order, batch_size, rank, world) -> list:
 def check_fit_args(x, y, loss, epochs, batch_size, validation_data, dtype, where):
     """Validate fit()'s data arguments; returns (x, y, epochs, batch_size, classify, empty history).
 
+    ``dtype``: x is converted to it; None: x is integer indices, kept as int64
+    (a model that starts with an Embedding, see :func:`input_dtype`).
+
     history keys: ``loss``, ``time``; ``accuracy`` for CrossEntropyLoss with
     integer labels; ``val_loss`` (and ``val_accuracy``) with validation data.
     """
@@ -120,8 +126,18 @@ def check_fit_args(x, y, loss, epochs, batch_size, validation_data, dtype, where
     return x, y, epochs, batch_size, classify, history
 
 
+def input_dtype(model):
+    """The dtype fit converts x to: the model's, or None for integer indices (an Embedding first)."""
+    return None if takes_indices(model) else model.dtype
+
+
+def as_input(x, dtype, name, where):
+    """x as a model reads it: a C array of ``dtype``, or int64 indices when ``dtype`` is None (see input_dtype)."""
+    return as_indices(x, name, where) if dtype is None else as_array(x, name, where, dtype=dtype)
+
+
 def _check_data(x, y, dtype, where, xname, yname):
-    x = as_array(x, xname, where, dtype=dtype)
+    x = as_input(x, dtype, xname, where)
     y = np.asarray(y)
     if y.shape[:1] != x.shape[:1]:
         raise ValueError(f"{where}: {yname} has {y.shape[:1]} samples but {xname} has {x.shape[:1]}")
@@ -292,7 +308,9 @@ def train(
     too depends on (seed, epoch) only.
     """
     optimizer = replicas.optimizer
-    x, y, epochs, batch_size, classify, history = check_fit_args(x, y, loss, epochs, batch_size, validation_data, model.dtype, where)
+    x, y, epochs, batch_size, classify, history = check_fit_args(
+        x, y, loss, epochs, batch_size, validation_data, input_dtype(model), where
+    )
     if isinstance(initial_epoch, (bool, np.bool_)) or not isinstance(initial_epoch, numbers.Integral):
         raise TypeError(f"{where}: initial_epoch must be an int, got {type(initial_epoch).__name__}")
     if not 0 <= initial_epoch <= epochs:
@@ -328,7 +346,7 @@ def train(
             xe, ye, order = x, y, next(orders)
         else:
             rng = epoch_generator(seed, epoch)
-            xe, ye = _check_data(*augment(x, y, rng), model.dtype, where, "augment(...)[0]", "augment(...)[1]")
+            xe, ye = _check_data(*augment(x, y, rng), input_dtype(model), where, "augment(...)[0]", "augment(...)[1]")
             replicas.agree(xe.shape[0], "the number of augmented samples", where)
             order = rng.permutation(xe.shape[0]) if shuffle else np.arange(xe.shape[0])
         ne = int(xe.shape[0])

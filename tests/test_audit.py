@@ -83,9 +83,9 @@ def _ops(dtype):
 
 
 def EXTRA_OPS(dtype):
-    """Conv, pooling and LSTM ops, from their own test modules' builders when present."""
+    """Conv, pooling, LSTM, embedding, norm and dropout ops, from their own test modules' builders when present."""
     found = []
-    for module in ("test_conv", "test_lstm", "test_pool"):
+    for module in ("test_conv", "test_lstm", "test_pool", "test_embedding", "test_norm", "test_dropout"):
         try:
             mod = __import__(module)
         except ImportError:
@@ -149,7 +149,8 @@ SMALL_KERNEL_TESTS = [
 def test_small_kernel_tests_pass_in_pure_python():
     """Out-of-bounds audit: pure Python raises IndexError where compiled code reads garbage."""
     targets = list(SMALL_KERNEL_TESTS)
-    for extra in ("tests/test_conv.py", "tests/test_lstm.py", "tests/test_pool.py"):
+    for extra in ("tests/test_conv.py", "tests/test_lstm.py", "tests/test_pool.py", "tests/test_embedding.py", "tests/test_norm.py",
+                  "tests/test_dropout.py"):
         if (ROOT / extra).exists():
             targets.append(f"{extra}")
     env = dict(os.environ, NUMBA_DISABLE_JIT="1", PYTHONPATH=str(ROOT))

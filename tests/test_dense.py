@@ -234,3 +234,39 @@ def test_forward_equals_its_plain_twin_on_edge_shapes(dtype, N, n, m, bias):
         kdense.dense_reference(want, x, W, b)
         tol = 1e-5 if dtype == np.float32 else 1e-12
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.sqrt(n) * np.abs(want).max())
+
+
+def test_dense_layer_on_nd_input_acts_on_the_last_axis(rng):
+    layer = fg.Dense(4, 3, "tanh", dtype=np.float64, seed=0)
+    x = rng.standard_normal((2, 5, 4))
+    y = layer(x)
+    assert y.shape == (2, 5, 3)
+    flat = fg.Dense(4, 3, "tanh", dtype=np.float64, seed=0)
+    assert np.array_equal(y, flat(x.reshape(10, 4)).reshape(2, 5, 3))
+    dy = rng.standard_normal(y.shape)
+    dx = layer.backward(dy)
+    assert dx.shape == x.shape
+    assert np.array_equal(dx, flat.backward(dy.reshape(10, 3)).reshape(x.shape))
+    assert np.array_equal(layer.grads["W"], flat.grads["W"])
+    assert fg.gradcheck(fg.Dense(3, 2, "gelu_erf", seed=1), rng.standard_normal((2, 2, 3, 3))).ok
+    assert layer.output_shape((7, 4)) == (7, 3)
+
+
+@pytest.mark.parametrize("act,module", [("gelu_erf", "GELU"), ("gelu", "GELU_tanh"), ("silu", "SiLU")])
+def test_dense_nd_and_gelu_match_torch(act, module, rng):
+    torch = pytest.importorskip("torch")
+    layer = fg.Dense(5, 4, act, dtype=np.float64, seed=2)
+    lin = torch.nn.Linear(5, 4, dtype=torch.float64)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(layer.params["W"]))
+        lin.bias.copy_(torch.from_numpy(layer.params["b"]))
+    nonlin = torch.nn.GELU(approximate="tanh") if module == "GELU_tanh" else getattr(torch.nn, module)()
+    x = rng.standard_normal((3, 2, 5))
+    dy = rng.standard_normal((3, 2, 4))
+    xt = torch.tensor(x, requires_grad=True)
+    yt = nonlin(lin(xt))
+    yt.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(layer(x), yt.detach().numpy(), rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(layer.backward(dy), xt.grad.numpy(), rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(layer.grads["W"], lin.weight.grad.numpy(), rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(layer.grads["b"], lin.bias.grad.numpy(), rtol=1e-9, atol=1e-13)

@@ -30,3 +30,15 @@ def test_char_lm_learns_and_samples_text():
     text = result["samples"]
     assert isinstance(text, str) and len(text) >= 80
     assert all(ch.isprintable() or ch in "\n\t" for ch in text), text
+    kinds = [type(layer).__name__ for layer in result["model"].layers]
+    assert kinds == ["Embedding", "Dropout", "LSTM", "Dropout", "Dense"], kinds
+
+
+@pytest.mark.slow
+def test_digits_cnn_with_batchnorm_reaches_98_percent():
+    from fastgrad import BatchNorm2D
+    from fastgrad.examples import cnn
+
+    result = cnn.train(progress=False, batchnorm=True)
+    assert sum(isinstance(layer, BatchNorm2D) for layer in result["model"].layers) == 2
+    assert result["test_accuracy"] >= 0.98, result["test_accuracy"]

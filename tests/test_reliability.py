@@ -117,16 +117,25 @@ def test_every_layer_type_round_trips_bitwise(dtype, tmp_path):
         (_every_layer_model(dtype), rng.standard_normal((2, 1, 6, 6))),
         (_sequence_model(dtype), rng.standard_normal((2, 3, 5))),
         (fg.Sequential(lstm, fg.Dense(8, 2, dtype=dtype, seed=7)), rng.standard_normal((5, 2, 3))),
+        (fg.Sequential(fg.Embedding(7, 4, padding_idx=0, dtype=dtype, seed=8), fg.Dropout(0.3, seed=9), fg.LayerNorm(4, dtype=dtype),
+                       fg.Dense(4, 3, "gelu_erf", dtype=dtype, seed=10), fg.Flatten(), fg.BatchNorm1D(6, dtype=dtype)),
+         rng.integers(0, 7, (4, 2))),
+        (fg.Sequential(fg.Conv2D(1, 2, 3, dtype=dtype, seed=11), fg.BatchNorm2D(2, affine=False, dtype=dtype)),
+         rng.standard_normal((3, 1, 4, 4))),
     ]
     for i, (model, x) in enumerate(cases):
+        x = x if x.dtype.kind == "i" else x.astype(dtype)
+        model(x)  # BatchNorm's running statistics move away from their start
+        model.eval()  # Dropout off, BatchNorm on the saved statistics: the outputs must agree bitwise
         path = tmp_path / f"m{i}.npz"
         fg.save(model, path)
         loaded = fg.load(path)
         assert [type(la).__name__ for la in loaded.layers] == [type(la).__name__ for la in model.layers]
         assert list(loaded.params) == list(model.params)
-        for k, v in model.params.items():
-            assert loaded.params[k].dtype == v.dtype and np.array_equal(loaded.params[k], v), k
-        assert np.array_equal(model(x.astype(dtype)), loaded(x.astype(dtype)))
+        for k, v in {**model.params, **model.buffers}.items():
+            got = {**loaded.params, **loaded.buffers}[k]
+            assert got.dtype == v.dtype and np.array_equal(got, v), k
+        assert np.array_equal(model(x), loaded.eval()(x))
 
 
 def _write_npz(path, arrays):

@@ -37,8 +37,9 @@ EVERY_PATH = textwrap.dedent(
                     F.dense_backward(r(*y.shape), cache)
 
     def activation():
-        y, cache = F.activation_forward(r(3, 4, 5), "gelu")
-        F.activation_backward(r(3, 4, 5), cache)
+        for act in ("gelu", "gelu_erf"):
+            y, cache = F.activation_forward(r(3, 4, 5), act)
+            F.activation_backward(r(3, 4, 5), cache)
 
     def softmax():
         for x, axis in ((r(4, 7), -1), (r(3, 4, 5), 0), (r(3, 4, 5), 1)):
@@ -90,6 +91,28 @@ EVERY_PATH = textwrap.dedent(
             F.lstm_backward(r(T, N, H), cache)
             F.lstm_backward(None, cache, dhT=r(N, H), dcT=r(N, H))
 
+    def embedding():
+        W = r(7, 3)
+        for pad in (None, 2):
+            y, cache = F.embedding_forward(np.array([[1, 2], [2, 6]]), W, pad)
+            F.embedding_backward(r(*y.shape), cache)
+
+    def norm():
+        x = r(4, 3, 5)
+        for affine in (True, False):
+            g, b = (r(5), r(5)) if affine else (None, None)
+            y, cache = F.layer_norm_forward(x, 5, g, b)
+            F.layer_norm_backward(r(*x.shape), cache)
+            g, b = (r(3), r(3)) if affine else (None, None)
+            for training in (True, False):
+                y, cache = F.batch_norm_forward(x, g, b, r(3), np.abs(r(3)), training)
+                F.batch_norm_backward(r(*x.shape), cache)
+
+    def dropout():
+        for p, training in ((0.5, True), (0.5, False), (1.0, True)):
+            y, cache = F.dropout_forward(r(3, 4), p, training)
+            F.dropout_backward(r(3, 4), cache)
+
     def layers():
         x = r(8, 1, 6, 6)
         model = fg.Sequential(
@@ -99,10 +122,16 @@ EVERY_PATH = textwrap.dedent(
         lstm_layer = fg.LSTM(3, 4, num_layers=2, bidirectional=True)
         y = lstm_layer(r(5, 2, 3))
         lstm_layer.backward(r(*y.shape))
+        lm = fg.Sequential(fg.Embedding(9, 4), fg.Dropout(0.2), fg.LSTM(4, 5, batch_first=True), fg.LayerNorm(5), fg.Dense(5, 9))
+        lm.fit(rng.integers(0, 9, (6, 3)), rng.integers(0, 9, (6, 3, 9)).astype(np.float32), fg.MSELoss(), fg.Adam(lm),
+               epochs=1, batch_size=3, progress=False)
+        bn = fg.Sequential(fg.Conv2D(1, 2, 3), fg.BatchNorm2D(2), fg.Flatten(), fg.Dense(32, 4), fg.BatchNorm1D(4))
+        bn.fit(x, r(8, 4), fg.MSELoss(), fg.SGD(bn, 0.1), epochs=1, batch_size=4, progress=False)
+        bn.predict(x)
 
     for limit in (0, 1 << 62):  # every op on the parallel twins, then on the serial twins
         _jit.PARALLEL_MIN_WORK = limit
-        for run in (dense, activation, softmax, conv, pool, lstm, layers):
+        for run in (dense, activation, softmax, conv, pool, lstm, embedding, norm, dropout, layers):
             run()
     print("every path ran")
     """

@@ -1,11 +1,13 @@
-"""A character-level language model: one-hot chars -> LSTM -> per-step Dense head -> softmax.
+"""A character-level language model: Embedding -> Dropout -> LSTM -> Dropout -> per-step Dense head -> softmax.
 
 The text is English prose available offline in every Python install: the
 docstrings of a few dozen standard-library modules and their public
 functions and classes (nothing is downloaded).  Training uses random windows
-of ``seq_len`` characters; the loss is the mean cross-entropy of predicting
-each next character, the Dense head being applied to every time step by
-folding time into the batch axis: (T, N, H) -> (T*N, H).
+of ``seq_len`` characters; the model reads the characters' integer codes
+(the Embedding learns a vector per character) and the loss is the mean
+cross-entropy of predicting each next character, the Dense head acting on
+every time step of the LSTM's (T, N, H) output.  Dropout regularises the
+small corpus and is switched off (``model.eval()``) for sampling.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from .. import Adam, Dense, Sequential, clip_grad_norm
+from .. import Adam, Dense, Dropout, Embedding, Sequential, clip_grad_norm
 from .. import functional as F
 from ..functional import lstm_forward
 from ..layers.lstm import LSTM
@@ -58,14 +60,9 @@ def corpus(max_chars=300_000) -> str:
     return text[:max_chars]
 
 
-def _one_hot(idx: np.ndarray, vocab: int, dtype) -> np.ndarray:
-    out = np.zeros(idx.shape + (vocab,), dtype)
-    np.put_along_axis(out, idx[..., None], 1, axis=-1)
-    return out
-
-
-def sample(lstm: LSTM, head: Dense, chars: str, prompt="The ", length=300, temperature=0.6, seed=0) -> str:
-    """Generate text one character at a time, carrying the LSTM state between steps."""
+def sample(model: Sequential, chars: str, prompt="The ", length=300, temperature=0.6, seed=0) -> str:
+    """Generate text one character at a time, carrying the LSTM state between steps (no dropout)."""
+    emb, lstm, head = model.layers[0], model.layers[2], model.layers[4]
     rng = np.random.default_rng(seed)
     index = {c: i for i, c in enumerate(chars)}
     V, H = len(chars), lstm.hidden_size
@@ -75,8 +72,8 @@ def sample(lstm: LSTM, head: Dense, chars: str, prompt="The ", length=300, tempe
     out = list(prompt)
     ids = [index.get(ch, 0) for ch in prompt]
     for step in range(len(prompt) - 1 + length):
-        x = _one_hot(np.array([[ids[step]]]), V, lstm.dtype)
-        (_, (h, c)), _ = lstm_forward(x, W, b, h, c, lstm._acts, check_finite=False)
+        x = emb.params["W"][[ids[step]]][None]  # (T=1, N=1, E): the character's embedding
+        (_, (h, c)), _ = lstm_forward(x, W, b, h, c, lstm.activations, check_finite=False)
         if step < len(prompt) - 1:
             continue
         logits = (h @ head.params["W"].T + head.params["b"])[0].astype(np.float64) / temperature
@@ -87,16 +84,27 @@ def sample(lstm: LSTM, head: Dense, chars: str, prompt="The ", length=300, tempe
     return "".join(out)
 
 
+def build(vocab: int, embed=32, hidden=128, dropout=0.1, seed=0, dtype=np.float32) -> Sequential:
+    """Embedding(vocab, embed) -> Dropout -> LSTM(embed, hidden) -> Dropout -> Dense(hidden, vocab), time first."""
+    return Sequential(
+        Embedding(vocab, embed, dtype=dtype, seed=seed),
+        Dropout(dropout, seed=seed + 2),
+        LSTM(embed, hidden, dtype=dtype, seed=seed + 3),
+        Dropout(dropout, seed=seed + 4),
+        Dense(hidden, vocab, dtype=dtype, seed=seed + 1),  # on the last axis of (T, N, hidden)
+    )
+
+
 def train(
     steps=3000, seq_len=64, batch_size=32, hidden=128, lr=1e-2, steps_per_epoch=50, max_seconds=80.0,
-    sample_length=300, seed=0, progress=True, dtype=np.float32,
+    sample_length=300, seed=0, progress=True, dtype=np.float32, embed=32, dropout=0.1,
 ) -> dict:
     """Train for ``steps`` Adam steps (or until ``max_seconds`` after the first step); returns samples, history, timing.
 
     Result keys: ``samples`` (generated text), ``history`` (``loss`` per epoch of
     ``steps_per_epoch`` steps, in nats per character, and ``time``),
-    ``seconds_per_epoch``, ``steps``, ``model`` (Sequential(lstm, head)) and
-    ``chars`` (the vocabulary).
+    ``seconds_per_epoch``, ``steps``, ``model`` (see :func:`build`, left in
+    evaluation mode) and ``chars`` (the vocabulary).
     """
     text = corpus()
     chars = "".join(sorted(set(text)))
@@ -105,9 +113,7 @@ def train(
     lut = np.zeros(128, np.int64)
     lut[[ord(ch) for ch in chars]] = np.arange(V)
     data = lut[data]
-    lstm = LSTM(V, hidden, dtype=dtype, seed=seed)
-    head = Dense(hidden, V, dtype=dtype, seed=seed + 1)
-    model = Sequential(lstm, head)  # parameter container for the optimizer
+    model = build(V, embed, hidden, dropout, seed, dtype)
     opt = Adam(model, lr)
     rng = np.random.default_rng(seed)
     history = {"loss": [], "time": []}
@@ -116,16 +122,13 @@ def train(
     for step in range(steps):
         offsets = rng.integers(0, data.size - seq_len - 1, batch_size)
         window = data[offsets[None, :] + np.arange(seq_len + 1)[:, None]]  # (T+1, N)
-        x = _one_hot(window[:-1], V, dtype)
         target = window[1:].reshape(-1)
         opt.zero_grad()
-        y = lstm.forward(x)  # (T, N, H)
-        logits = head.forward(y.reshape(-1, hidden))  # (T*N, V): the head applied at every step
-        value, dlogits = F.cross_entropy(logits, target)
+        logits = model.forward(window[:-1])  # (T, N, V): integer codes in, the head applied at every step
+        value, dlogits = F.cross_entropy(logits.reshape(-1, V), target)
         if not math.isfinite(value):
             raise FloatingPointError(f"charlm.train: loss is {value} at step {step + 1}")
-        dy = head.backward(dlogits)
-        lstm.backward(dy.reshape(seq_len, batch_size, hidden))
+        model.backward(dlogits.reshape(logits.shape))
         clip_grad_norm(model, 5.0)
         opt.step()
         epoch_losses.append(value)
@@ -143,7 +146,8 @@ def train(
             epoch_start, epoch_losses = now, []
         if out_of_time:
             break
-    samples = sample(lstm, head, chars, length=sample_length, seed=seed)
+    model.eval()
+    samples = sample(model, chars, length=sample_length, seed=seed)
     if progress:
         print(samples)
     return {

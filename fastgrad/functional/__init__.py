@@ -17,14 +17,29 @@ Inputs are never modified.  dtype rule: the dtype of the first tensor
     conv           conv_forward, conv_backward, conv_backward_into, conv_output_shape, resolve_padding
     pool           max_pool_forward / avg_pool_forward, *_backward, *_backward_into, pool_output_shape
     lstm           lstm_forward, lstm_backward, lstm_backward_into
+    embedding      embedding_forward, embedding_backward, embedding_backward_into
+    norm           layer_norm_forward, batch_norm_forward, *_backward, *_backward_into
+    dropout        dropout_forward, dropout_backward, dropout_backward_into
 """
 
 from ..kernels.activations import ACTIVATIONS
 from .activation import activation_backward, activation_backward_into, activation_forward
 from .conv import ConvCache, conv_backward, conv_backward_into, conv_forward
 from .dense import DenseCache, dense_backward, dense_backward_into, dense_forward
+from .dropout import DropoutCache, dropout_backward, dropout_backward_into, dropout_forward
+from .embedding import EmbeddingCache, embedding_backward, embedding_backward_into, embedding_forward
 from .geometry import conv_output_shape, pool_output_shape, resolve_padding
 from .lstm import LSTM_DEFAULT_ACTIVATIONS, LSTM_GATES, LSTMCache, lstm_backward, lstm_backward_into, lstm_forward
+from .norm import (
+    BatchNormCache,
+    LayerNormCache,
+    batch_norm_backward,
+    batch_norm_backward_into,
+    batch_norm_forward,
+    layer_norm_backward,
+    layer_norm_backward_into,
+    layer_norm_forward,
+)
 from .pool import (
     PoolCache,
     avg_pool_backward,
@@ -80,4 +95,20 @@ __all__ = [
     "lstm_forward",
     "lstm_backward",
     "lstm_backward_into",
+    "EmbeddingCache",
+    "embedding_forward",
+    "embedding_backward",
+    "embedding_backward_into",
+    "LayerNormCache",
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "layer_norm_backward_into",
+    "BatchNormCache",
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "batch_norm_backward_into",
+    "DropoutCache",
+    "dropout_forward",
+    "dropout_backward",
+    "dropout_backward_into",
 ]

@@ -62,6 +62,12 @@ def upstream(dy, shape: tuple, dtype, where: str, check_finite, name: str = "dy"
     return dy
 
 
+def check_cache(cache, kind: type, forward: str, where: str) -> None:
+    """Raise TypeError unless ``cache`` is the ``kind`` NamedTuple that ``forward`` returns."""
+    if not isinstance(cache, kind):
+        raise TypeError(f"{where}: cache must be the {kind.__name__} returned by {forward}, got {type(cache).__name__}")
+
+
 def unpack_grads(grads, names: tuple, where: str) -> tuple:
     """The arrays of a grads argument: a tuple/list in ``names`` order or an object with those attributes."""
     if isinstance(grads, (tuple, list)):

@@ -23,6 +23,7 @@ code    name          sigma(z)                                     sigma'(z)
 8       gelu          z/2 (1 + tanh(a (z + 0.044715 z^3)))         see :func:`dact`; a = sqrt(2/pi)
 9       hard_sigmoid  clip(z/6 + 1/2, 0, 1)                        1/6 if -3 < z < 3 else 0
 10      hard_tanh     clip(z, -1, 1)                               1 if -1 < z < 1 else 0
+11      gelu_erf      z Phi(z) = z/2 (1 + erf(z / sqrt 2))         Phi(z) + z phi(z), phi(z) = e^{-z^2/2} / sqrt(2 pi)
 ======  ============  ===========================================  =========================================
 
 The scalar math runs in float64 (numba types float literals as float64); the
@@ -49,6 +50,7 @@ ACTIVATIONS = (
     "gelu",
     "hard_sigmoid",
     "hard_tanh",
+    "gelu_erf",
 )
 CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 
@@ -60,6 +62,8 @@ _LEAKY_SLOPE = 0.01
 _ELU_ALPHA = 1.0
 _GELU_A = math.sqrt(2.0 / math.pi)
 _GELU_B = 0.044715
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 @helper
@@ -97,8 +101,10 @@ def act(z, code):
         return 0.5 * z * (1.0 + math.tanh(_GELU_A * (z + _GELU_B * z * z * z)))
     if code == 9:
         return min(max(z / 6.0 + 0.5, 0.0), 1.0)
-    # code == 10: hard_tanh
-    return min(max(z * 1.0, -1.0), 1.0)
+    if code == 10:
+        return min(max(z * 1.0, -1.0), 1.0)
+    # code == 11: gelu_erf, the exact GELU (PyTorch's GELU(approximate="none"))
+    return 0.5 * z * (1.0 + math.erf(z * _SQRT_HALF))
 
 
 @helper
@@ -137,8 +143,10 @@ def dact(z, code):
         return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * du
     if code == 9:
         return 1.0 / 6.0 if -3.0 < z < 3.0 else 0.0
-    # code == 10: hard_tanh
-    return 1.0 if -1.0 < z < 1.0 else 0.0
+    if code == 10:
+        return 1.0 if -1.0 < z < 1.0 else 0.0
+    # code == 11: gelu_erf, d/dz z Phi(z) = Phi(z) + z phi(z)
+    return 0.5 * (1.0 + math.erf(z * _SQRT_HALF)) + z * _INV_SQRT_2PI * math.exp(-0.5 * z * z)
 
 
 @helper

@@ -5,6 +5,10 @@ A layer owns
 * ``params``: dict name -> ndarray, the trainable tensors;
 * ``grads``: dict with the same keys, shapes and dtype, **accumulated** by
   ``backward`` (``+=``) and cleared by ``zero_grad``;
+* ``buffers``: dict name -> ndarray of state that is not trained but saved
+  with the model (BatchNorm's running statistics), registered with ``add_buffer``;
+* ``training``: True (the default) or False, set by ``train()`` / ``eval()`` on
+  the layer and every layer it holds; Dropout and BatchNorm behave differently;
 * the cache of its last forward pass, which ``backward`` reads.
 
 ``layer(x)`` is ``layer.forward(x)``; ``dx = layer.backward(dy)`` returns the
@@ -41,6 +45,8 @@ so a user class named ``Dense`` never replaces :class:`fastgrad.Dense`.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 from .._checks import as_array, check_alloc, float_dtype
@@ -53,6 +59,12 @@ class Layer:
     #: the built-in layer classes by their short name, as model files name them
     #: (user classes are named ``module:qualname`` instead, see :func:`layer_type`)
     registry: dict[str, type] = {}
+
+    #: train/eval mode (``train()`` / ``eval()`` set it on the instance)
+    training = True
+
+    #: True for layers whose input is integer indices (Embedding), not floats
+    takes_indices = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -67,6 +79,7 @@ class Layer:
         self.dtype = float_dtype(dtype, "dtype", f"{type(self).__name__}")
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
         self._cache = None
 
     # -- protocol -----------------------------------------------------------
@@ -84,6 +97,18 @@ class Layer:
     def zero_grad(self) -> None:
         for g in self.grads.values():
             g.fill(0)
+
+    def train(self, mode: bool = True):
+        """Set ``training`` = mode on this layer and on every layer it holds; returns self (as PyTorch)."""
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"{self._where('train')}: mode must be True or False, got {type(mode).__name__}")
+        for layer in sublayers(self):
+            layer.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode: ``train(False)`` (Dropout is the identity, BatchNorm uses its running statistics)."""
+        return self.train(False)
 
     def get_config(self) -> dict:
         """Constructor arguments as JSON-able values (subclasses extend)."""
@@ -152,6 +177,21 @@ class Layer:
         self.params[name] = value
         self.grads[name] = np.zeros_like(value)
 
+    def add_buffer(self, name: str, value) -> None:
+        """Register a saved, non-trainable array: ``buffers[name]`` = value in the layer's dtype (no gradient).
+
+        Buffers are written by the layer itself (BatchNorm's running statistics),
+        never by an optimizer, and are saved and loaded with the model.
+        """
+        where = self._where("add_buffer")
+        if not isinstance(vars(self).get("buffers"), dict):
+            raise TypeError(f"{where}: call super().__init__(dtype) at the start of {type(self).__name__}.__init__")
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"{where}: name must be a non-empty string without '.', got {name!r}"[:290])
+        if name in self.buffers or name in self.params:
+            raise ValueError(f"{where}: {name!r} is already registered")
+        self.buffers[name] = as_array(value, name, where, dtype=self.dtype, check_finite=False)
+
     def _input(self, x, method: str = "forward", name: str = "x", ndim=None) -> np.ndarray:
         """x as a C-contiguous array in the layer's dtype (float64 -> float32 is converted).
 
@@ -175,6 +215,48 @@ class Layer:
         if dy.shape != tuple(shape):
             raise ValueError(f"{self._where(method)}: {name} must have shape {tuple(shape)} (the forward output), got {dy.shape}")
         return dy
+
+
+def sublayers(obj: Layer) -> list:
+    """``obj`` and every Layer reachable through its attributes (Sequential.layers, a user block's children), once each."""
+    found = {}
+    stack = [obj]
+    while stack:
+        layer = stack.pop()
+        if id(layer) in found:
+            continue
+        found[id(layer)] = layer
+        for value in vars(layer).values():
+            if isinstance(value, Layer):
+                stack.append(value)
+            elif isinstance(value, (list, tuple)):
+                stack.extend(v for v in value if isinstance(v, Layer))
+            elif isinstance(value, dict):
+                stack.extend(v for v in value.values() if isinstance(v, Layer))
+    return list(found.values())
+
+
+@contextmanager
+def evaluating(model: Layer):
+    """Run the block with ``model`` and its sub-layers in evaluation mode, then restore each layer's own mode."""
+    modes = [(layer, vars(layer).get("training")) for layer in sublayers(model)]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for layer, mode in modes:
+            if mode is None:
+                vars(layer).pop("training", None)  # back to the class default
+            else:
+                layer.training = mode
+
+
+def takes_indices(model: Layer) -> bool:
+    """True when ``model`` reads integer indices: an index layer (Embedding) or a Sequential starting with one."""
+    layers = getattr(model, "layers", None)
+    if isinstance(layers, list):
+        return bool(layers) and takes_indices(layers[0])
+    return bool(getattr(model, "takes_indices", False))
 
 
 def is_builtin(cls: type) -> bool:

@@ -13,6 +13,9 @@ from .base import Layer, check_param_sizes, uniform_init
 class Dense(Layer):
     """Fully connected layer over a batch, ``x (N, in_features) -> y (N, out_features)``.
 
+    N-D input ``(N, ..., in_features)`` works as in ``torch.nn.Linear``: the layer
+    acts on the last axis at every position of the others (``(T, N, H)`` -> ``(T, N, out)``).
+
     Parameters ``W`` (out_features, in_features) and ``b`` (out_features,), the
     cheat sheet's ``w_kj`` and ``b_k``.  Initialisation (seedable with ``seed``)
     is PyTorch's default for ``nn.Linear``: W and b drawn from
@@ -42,20 +45,29 @@ class Dense(Layer):
             self.add_param("b", uniform_init(rng, (self.out_features,), self.in_features, self.dtype))
 
     def forward(self, x):
-        x = self._input(x, ndim=2)
-        if x.shape[1] != self.in_features:
-            raise ValueError(f"Dense.forward: x.shape[1]={x.shape[1]} does not match in_features={self.in_features}")
+        # N-D input, as torch.nn.Linear: the layer acts on the last axis, the leading axes
+        # fold into the batch of the 2-D kernel ((N, T, n) -> (N*T, n), a view) and unfold after
+        where = self._where("forward")
+        x = self._input(x)
+        if x.ndim < 2:
+            raise ValueError(f"{where}: x must be 2-D or more (N, ..., in_features), got shape {x.shape}")
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"{where}: x.shape[{x.ndim - 1}]={x.shape[-1]} does not match in_features={self.in_features}")
+        lead = x.shape[:-1]
         # x was checked above; the parameters are the layer's own (see Layer._input)
-        y, self._cache = F.dense_forward(x, self.params["W"], self.params.get("b"), self.activation, check_finite=False)
-        return y
+        y, cache = F.dense_forward(
+            x.reshape(-1, self.in_features), self.params["W"], self.params.get("b"), self.activation, check_finite=False
+        )
+        self._cache = (cache, lead)
+        return y.reshape(lead + (self.out_features,))
 
     def backward(self, dy):
-        cache = self._saved()
-        dy = self._grad_input(dy, cache.z.shape, self.dtype)
+        cache, lead = self._saved()
+        dy = self._grad_input(dy, lead + (self.out_features,), self.dtype)
         dx = np.zeros_like(cache.x)
         # the kernel accumulates straight into the layer's grads
-        F.dense_backward_into((dx, self.grads["W"], self.grads.get("b")), dy, cache, check_finite=False)
-        return dx
+        F.dense_backward_into((dx, self.grads["W"], self.grads.get("b")), dy.reshape(cache.z.shape), cache, check_finite=False)
+        return dx.reshape(lead + (self.in_features,))
 
     def get_config(self):
         return {
@@ -67,4 +79,4 @@ class Dense(Layer):
         }
 
     def output_shape(self, input_shape):
-        return (self.out_features,)
+        return tuple(input_shape[:-1]) + (self.out_features,)
