@@ -25,6 +25,12 @@ Examples::
     python -m benchmarks --quick                 # ~2 minutes: S and M shapes, few repeats
     python -m benchmarks                         # the full run (quiet machine!)
     python -m benchmarks --ops dense,softmax --sizes L --libs fastgrad,torch --threads 1
+    python -m benchmarks --baseline ../old-checkout   # also time an older fastgrad: "x before"
+
+A full run times every library ``--rounds`` times (default 3), interleaved op by
+op (numpy, fastgrad, torch, numpy, fastgrad, torch, ...), and reports the
+median of the rounds' medians: a slow spell of the machine hits one round of
+every library instead of all of one library's calls.
 """
 
 from __future__ import annotations
@@ -75,12 +81,12 @@ def _child_env(threads: int, extra=None) -> dict:
     return env
 
 
-def _run_worker(args: list, json_path: Path, threads: int, timeout: float, extra_env=None):
+def _run_worker(args: list, json_path: Path, threads: int, timeout: float, extra_env=None, cwd=ROOT):
     """Run one worker; its result JSON (possibly partial after a crash or timeout) or None."""
     cmd = [sys.executable, "-m", "benchmarks.worker", *args, "--json", str(json_path), "--threads", str(threads)]
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=_child_env(threads, extra_env), timeout=timeout)
+        proc = subprocess.run(cmd, cwd=cwd, env=_child_env(threads, extra_env), timeout=timeout)
         if proc.returncode != 0:
             print(f"benchmarks: worker {' '.join(args[:2])} exited with {proc.returncode}", file=sys.stderr)
     except subprocess.TimeoutExpired:
@@ -96,6 +102,46 @@ def _run_worker(args: list, json_path: Path, threads: int, timeout: float, extra
     if data is not None:
         data["wall_s"] = time.perf_counter() - start
     return data
+
+
+def _baseline_root(base: Path, tmp: Path) -> Path:
+    """A directory whose ``fastgrad`` is the baseline's and whose ``benchmarks`` is ours.
+
+    The worker runs with this as its working directory, which ``python -m`` puts
+    first on sys.path: the baseline's package wins over the editable install.
+    """
+    root = tmp / "baseline-root"
+    root.mkdir(exist_ok=True)
+    for name, target in (("fastgrad", base / "fastgrad"), ("benchmarks", ROOT / "benchmarks")):
+        link = root / name
+        if not link.exists():
+            link.symlink_to(target.resolve(), target_is_directory=True)
+    return root
+
+
+def _git_commit(tree: Path) -> str:
+    """The short commit of a source tree, with '+changes' when its work tree differs; '?' outside git."""
+    try:
+        rev = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=30)
+        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    if rev.returncode != 0:
+        return "?"
+    return rev.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
+def _fastgrad_environment(threads: int) -> list:
+    """fastgrad's own description of the machine (CPU, ISA, vector width, caches), from a child process."""
+    code = "import fastgrad.config as c; print('\\n'.join(c.environment_lines()))"
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_child_env(threads), capture_output=True,
+                              text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return []
+    return proc.stdout.splitlines()[:2] if proc.returncode == 0 else []
 
 
 def _cpu_name() -> str:
@@ -134,6 +180,9 @@ def parse_args(argv):
                    help="comma list of S,M,L (default S,M,L; --quick: S,M)")
     p.add_argument("--dtypes", type=lambda s: _csv(s, DTYPES, "--dtypes"), default=list(DTYPES))
     p.add_argument("--libs", type=lambda s: _csv(s, LIBS, "--libs"), default=list(LIBS))
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per library (default 3; --quick: 1)")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="a source tree (e.g. a git worktree of an older commit) whose fastgrad is timed too, as 'before'")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per pass (upper bound)")
     p.add_argument("--budget", type=float, default=None, help="seconds per timed pass before stopping at min repeats")
     p.add_argument("--timeout", type=float, default=None, help="seconds per worker process (default 900 quick, 5400 full)")
@@ -147,6 +196,12 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.threads < 1:
         p.error("--threads must be >= 1")
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
+    if args.baseline is not None and not (args.baseline / "fastgrad" / "__init__.py").is_file():
+        p.error(f"--baseline {args.baseline}: no fastgrad package there")
     if args.sizes is None:
         args.sizes = ["S", "M"] if args.quick else ["S", "M", "L"]
     if args.name is None:
@@ -181,6 +236,10 @@ def main(argv=None) -> int:
             "numba": _version("numba"),
             "torch": _version("torch"),
             "argv": list(argv) if argv is not None else sys.argv[1:],
+            "rounds": args.rounds,
+            "baseline": f"{args.baseline} ({_git_commit(args.baseline)})" if args.baseline else None,
+            "commit": _git_commit(ROOT),
+            "fastgrad_environment": _fastgrad_environment(args.threads),
             "repeats": repeats, "min_repeats": min_repeats, "warmup": warmup, "budget_s": budget,
             "cases": [c.id for c in cases], "dtypes": args.dtypes,
             # a busy machine makes every number noisy: the report prints these next to the results
@@ -206,21 +265,36 @@ def main(argv=None) -> int:
         # this VM has slow spells that shifted a whole library's block by 20-40 %.
         (tmp / "ref").mkdir()
         ops = list(dict.fromkeys(c.op for c in cases))
+        libs = sorted(args.libs, key=lambda name: name != "numpy")
+        if args.baseline is not None:
+            libs.append("before")
+            before_env = {"FASTGRAD_CACHE_DIR": str(tmp / "cache-before")}
+            before_cwd = _baseline_root(args.baseline, tmp)
         for op in ops:
             op_cases = [c for c in cases if c.op == op]
-            for lib in sorted(args.libs, key=lambda name: name != "numpy"):
-                print(f"== {op}: {lib}", file=sys.stderr, flush=True)
-                cmd = ["--lib", lib, "--cases", ",".join(c.id for c in op_cases), "--dtypes", ",".join(args.dtypes), *timing]
-                cmd += ["--no-check"] if args.no_check else ["--ref-dir", str(tmp / "ref")]
-                res = _run_worker(cmd, tmp / f"{lib}-{op}.json", args.threads, timeout)
-                entry = data["libs"].setdefault(lib, {"version": None, "error": None, "wall_s": 0.0})
-                if res is None:
-                    entry["error"] = "worker produced no results"
-                    continue
-                entry["version"] = entry["version"] or res.get("version")
-                entry["error"] = entry["error"] or res.get("error")
-                entry["wall_s"] += res.get("wall_s") or 0.0
-                data["rows"] += res.get("rows", [])
+            for rnd in range(args.rounds):
+                for lib in libs:
+                    print(f"== {op}: {lib} (round {rnd + 1} of {args.rounds})", file=sys.stderr, flush=True)
+                    worker_lib = "fastgrad" if lib == "before" else lib
+                    cmd = ["--lib", worker_lib, "--cases", ",".join(c.id for c in op_cases), "--dtypes", ",".join(args.dtypes),
+                           *timing]
+                    # the correctness guard runs in the first round (it is the same every round)
+                    check = not args.no_check and rnd == 0
+                    cmd += ["--ref-dir", str(tmp / "ref")] if check else ["--no-check"]
+                    extra = before_env if lib == "before" else None
+                    cwd = before_cwd if lib == "before" else ROOT
+                    res = _run_worker(cmd, tmp / f"{lib}-{op}-{rnd}.json", args.threads, timeout, extra, cwd)
+                    entry = data["libs"].setdefault(lib, {"version": None, "error": None, "wall_s": 0.0})
+                    if res is None:
+                        entry["error"] = "worker produced no results"
+                        continue
+                    entry["version"] = entry["version"] or res.get("version")
+                    entry["error"] = entry["error"] or res.get("error")
+                    entry["wall_s"] += res.get("wall_s") or 0.0
+                    for row in res.get("rows", []):
+                        row["lib"] = lib
+                        row["round"] = rnd
+                    data["rows"] += res.get("rows", [])
         if not args.no_compile:
             cache = tmp / "cache"  # fresh: nothing compiled yet
             cache.mkdir()

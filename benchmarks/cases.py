@@ -172,32 +172,35 @@ def make_inputs(op: str, shape: tuple, dtype, seed: int = 0) -> dict:
 
 
 # --------------------------------------------------------------------------
-# targets (issue 5): printed next to each row as met / not met
+# targets (issues 13 and 14): printed next to each row as met / not met
 # --------------------------------------------------------------------------
 
 
-def targets(op: str, size: str, pass_: str) -> list:
+def targets(op: str, size: str, pass_: str, dtype: str = "float32") -> list:
     """Targets for one row as (kind, peer, threshold) tuples.
 
-    kind "ratio": peer_time / fastgrad_time >= threshold;
+    kind "ratio": peer_time / fastgrad_time >= threshold (forward+backward rows);
     kind "peak":  fastgrad GFLOP/s >= threshold % of the NumPy GEMM peak of the same dtype.
     """
+    if op == "dense" and pass_ == "fwd":
+        return [("peak", "numpy", 85.0)] if size == "L" else []
+    if pass_ != "fwd+bwd":
+        return []
     if op == "dense":
-        out = [("ratio", "torch", 1.0)]
-        if size == "L":
-            out.append(("peak", "numpy", 75.0))
-        return out
-    if op == "conv2d":
         return [("ratio", "torch", 1.0)]
-    if op == "lstm":
-        return [("ratio", "torch", 1.5 if size == "L" else 3.0)]
-    if op == "softmax" and pass_ == "fwd+bwd":
+    if op in ("conv2d", "lstm"):
+        return [("ratio", "torch", 1.0 if dtype == "float32" else 1.5)]
+    if op == "softmax":
         return [("ratio", "torch", 2.0)]
+    if op == "train_cnn":
+        return [("ratio", "torch", 1.0)]
+    if op == "train_mlp":
+        return [("ratio", "torch", 1.5)]
     return []
 
 
 #: compile-time targets in seconds (cold: every kernel for one dtype; warm: import + first MLP step)
-COMPILE_TARGETS = {"cold": 30.0, "warm": 2.0}
+COMPILE_TARGETS = {"cold": 30.0, "warm": 1.0}
 
 
 class NotAvailable(RuntimeError):

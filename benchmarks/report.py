@@ -7,7 +7,12 @@ Definitions used in every output:
 * ratio ``xPEER``: PEER median / fastgrad median, so > 1 means fastgrad is faster;
 * % peak: fastgrad GFLOP/s / the NumPy GEMM GFLOP/s (best of its calls) of the same
   dtype, measured in the same run in its own process;
-* target: the issue-5 targets from ``cases.targets``, "met" / "not met" / "n/a".
+* target: the targets of issues 13 and 14 from ``cases.targets``, "met" / "not met" / "n/a";
+* rounds: a full run times every library ``--rounds`` times, interleaved (numpy,
+  fastgrad, torch, numpy, fastgrad, torch, ...), and reports the median of the
+  per-round medians, with min-max over every call of every round;
+* before: with ``--baseline DIR`` the fastgrad of another source tree (an older
+  commit) is timed in the same rounds, so ``x before`` = its time / today's.
 
 Nothing here imports matplotlib unless the PNG is asked for (and then only with Agg).
 """
@@ -20,11 +25,62 @@ from pathlib import Path
 
 from .cases import COMPILE_TARGETS, SHAPE_NAMES, targets
 
-PEERS = ("numpy", "torch")
+PEERS = ("numpy", "torch", "before")
 COLUMNS = (
     "case", "shape", "dtype", "pass", "fastgrad ms", "min-max ms", "GFLOP/s", "% peak",
     "numpy ms", "x numpy", "torch ms", "x torch", "check", "targets",
 )
+#: the two columns of a run with --baseline, after "x torch"
+BEFORE_COLUMNS = ("before ms", "x before")
+
+
+def _has_before(data: dict) -> bool:
+    return any(r.get("lib") == "before" for r in data.get("rows", []))
+
+
+def columns(data: dict) -> tuple:
+    """The table's header: COLUMNS, with the before columns when the run had a baseline."""
+    if not _has_before(data):
+        return COLUMNS
+    at = COLUMNS.index("x torch") + 1
+    return COLUMNS[:at] + BEFORE_COLUMNS + COLUMNS[at:]
+
+
+def merge_rounds(rows: list) -> list:
+    """One row per (lib, case, dtype, pass): the median of the rounds' medians.
+
+    A key that failed in any round keeps that round's row (its error is the
+    result); the correctness check is the one round that ran it.
+    """
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["lib"], r["case"], r["dtype"], r["pass"]), []).append(r)
+    out = []
+    for group in groups.values():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        bad = [r for r in group if r.get("status") != "ok"]
+        if bad:
+            out.append(bad[0])
+            continue
+        medians = sorted(r["median_ms"] for r in group)
+        mid = len(medians) // 2
+        med = medians[mid] if len(medians) % 2 else 0.5 * (medians[mid - 1] + medians[mid])
+        work = group[0]["gflops"] * group[0]["median_ms"]  # GFLOP/s x ms: the case's work, the same every round
+        checks = [r["check"] for r in group if (r.get("check") or {}).get("status") not in (None, "skipped")]
+        merged = dict(group[0])
+        merged.update(
+            median_ms=med,
+            min_ms=min(r["min_ms"] for r in group),
+            max_ms=max(r["max_ms"] for r in group),
+            gflops=work / med,
+            calls=sum(r.get("calls", 0) for r in group),
+            rounds_ms=[r["median_ms"] for r in group],
+            check=checks[0] if checks else group[0].get("check"),
+        )
+        out.append(merged)
+    return out
 
 
 def _fmt_ms(v) -> str:
@@ -58,7 +114,7 @@ def _status_text(row) -> str | None:
 
 def combine(data: dict) -> list:
     """One dict per (case, dtype, pass), in run order, with fastgrad's numbers, ratios, checks and targets."""
-    idx = _index(data.get("rows", []))
+    idx = _index(merge_rounds(data.get("rows", [])))
     peak = data.get("peak") or {}
     keys = []
     for r in data.get("rows", []):
@@ -84,12 +140,14 @@ def combine(data: dict) -> list:
             if r is not None and r.get("status") == "ok":
                 row["checks"][lib] = r.get("check", {})
         for peer in PEERS:
+            if peer == "before" and not _has_before(data):
+                continue
             r = idx.get((peer, case, dtype, pass_))
             med = r["median_ms"] if r is not None and r.get("status") == "ok" else None
             ratio = med / row["median_ms"] if med is not None and row["median_ms"] else None
             status = _status_text(r) if peer in data.get("libs", {}) or r is not None else "not run"
             row["peers"][peer] = {"status": status, "median_ms": med, "ratio": ratio}
-        for kind, peer, thr in targets(row["op"], row["size"], pass_):
+        for kind, peer, thr in targets(row["op"], row["size"], pass_, dtype):
             if kind == "ratio":
                 value = row["peers"][peer]["ratio"]
                 label = f"{peer} >= {thr:g}x"
@@ -137,7 +195,8 @@ def compile_rows(data: dict) -> list:
 
 def table_markdown(data: dict) -> str:
     """The main table (also the README block)."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * 8 + ["---"] * 2) + "|"]
+    cols = columns(data)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(cols) - 6) + ["---"] * 2) + "|"]
     for row in combine(data):
         shape = "x".join(str(s) for s in row["shape"])
         dt = {"float32": "f32", "float64": "f64"}.get(row["dtype"], row["dtype"])
@@ -152,6 +211,8 @@ def table_markdown(data: dict) -> str:
             fg_cells = [row["fastgrad"]] * 4
         peer_cells = []
         for peer in PEERS:
+            if peer not in row["peers"]:
+                continue
             p = row["peers"][peer]
             peer_cells += [p["status"] or _fmt_ms(p["median_ms"]), _fmt_ratio(p["ratio"])]
         cells = [row["case"], shape, dt, row["pass"], *fg_cells, *peer_cells, _check_text(row), _target_text(row)]
@@ -195,9 +256,18 @@ def summary_markdown(data: dict) -> str:
             f"WARNING: the machine was busy (1-minute load average {load[0]:.1f} at the start, "
             f"{(meta.get('loadavg_end') or ['?'])[0]} at the end, for {threads} threads): the timings are noisy."
         )
+    rounds = meta.get("rounds") or 1
+    before = meta.get("baseline")
+    lines.append(
+        f"{rounds} interleaved round{'s' if rounds > 1 else ''} per library"
+        + (f"; 'before' is the fastgrad of {before}" if before else "") + "."
+    )
+    for env_line in meta.get("fastgrad_environment") or []:
+        lines.append(f"fastgrad sees {env_line}.")
     lines.append(
         f"Run {meta.get('date', '?')} on {meta.get('cpu', '?')} ({meta.get('cores', '?')} cores), {meta.get('threads', '?')} threads"
-        f"{', QUICK run (noisy)' if meta.get('quick') else ''}; {versions}; python {meta.get('python', '?')}."
+        f"{', QUICK run (noisy)' if meta.get('quick') else ''}; fastgrad commit {meta.get('commit', '?')}; {versions}; "
+        f"python {meta.get('python', '?')}."
     )
     return "\n".join(lines)
 
@@ -248,19 +318,20 @@ def write_png(data: dict, path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    rows = [r for r in combine(data) if any(r["peers"][p]["ratio"] for p in PEERS)]
+    peers = [p for p in PEERS if p != "before" or _has_before(data)]
+    rows = [r for r in combine(data) if any(r["peers"][p]["ratio"] for p in peers)]
     if not rows:
         return False
     labels = [f"{r['case']} {r['dtype'].replace('float', 'f')} {r['pass']}" for r in rows]
-    height = 0.38
+    height = 0.8 / len(peers)
     fig, ax = plt.subplots(figsize=(9, 1.5 + 0.32 * len(rows)))
     ys = range(len(rows))
-    colors = {"numpy": "#4c72b0", "torch": "#dd8452"}
-    for k, peer in enumerate(PEERS):
+    colors = {"numpy": "#4c72b0", "torch": "#dd8452", "before": "#55a868"}
+    for k, peer in enumerate(peers):
         vals = [r["peers"][peer]["ratio"] or 0.0 for r in rows]
         if not any(vals):
             continue
-        pos = [y + (k - 0.5) * height for y in ys]
+        pos = [y + (k - 0.5 * (len(peers) - 1)) * height for y in ys]
         ax.barh(pos, vals, height=height, color=colors[peer], label=f"vs {peer} (peer time / fastgrad time)")
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xscale("log")

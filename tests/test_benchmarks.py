@@ -78,9 +78,13 @@ def test_flops_and_case_table():
     assert flops("lstm", (2, 1, 3, 4), "fwd") == 2 * 2 * 16 * 7
     assert {c.op for c in all_cases()} == set(OPS)
     assert {c.size for c in all_cases(sizes=("S", "M"))} == {"S", "M"}
-    assert ("peak", "numpy", 75.0) in targets("dense", "L", "fwd")
+    assert targets("dense", "L", "fwd") == [("peak", "numpy", 85.0)]
+    assert targets("lstm", "M", "fwd+bwd", "float64") == [("ratio", "torch", 1.5)]
+    assert targets("lstm", "M", "fwd+bwd", "float32") == [("ratio", "torch", 1.0)]
+    assert targets("train_mlp", "S", "fwd+bwd") == [("ratio", "torch", 1.5)] and targets("conv2d", "L", "fwd") == []
     quick = parse_args(["--quick"])
     assert quick.sizes == ["S", "M"] and quick.name == "quick" and parse_args([]).name == "latest"
+    assert quick.rounds == 1 and parse_args([]).rounds == 3 and parse_args(["--rounds", "5"]).rounds == 5
     assert parse_args(["--", "--threads", "1"]).threads == 1  # python -m fastgrad bench -- ARGS
 
 
@@ -111,16 +115,45 @@ def test_report_writers(tmp_path):
     assert rows[0]["peers"]["numpy"]["ratio"] == pytest.approx(2.0)
     assert rows[0]["pct_peak"] == pytest.approx(80.0)  # 100 GFLOP/s of a 125 GFLOP/s peak
     assert rows[0]["peers"]["torch"]["status"] == "n/a" and rows[1]["peers"]["torch"]["status"] == "missing"
-    assert [t["met"] for t in rows[0]["targets"]] == [None, True]  # torch n/a; >= 75 % peak met
+    assert [t["met"] for t in rows[0]["targets"]] == [False]  # 80 % of the peak < 85 %
+    assert [t["met"] for t in rows[1]["targets"]] == [None]  # torch n/a
 
     report.write_markdown(data, tmp_path / "r.md")
     report.write_json(data, tmp_path / "r.json")
     text = (tmp_path / "r.md").read_text()
     header = next(line for line in text.splitlines() if line.startswith("| case"))
-    assert [c.strip() for c in header.strip("|").split("|")] == list(report.COLUMNS)
+    assert [c.strip() for c in header.strip("|").split("|")] == list(report.COLUMNS) == list(report.columns(data))
     assert "| dense/L | 512x1024x1024 | f32 | fwd | 1.00 |" in text and "2.00x" in text
     assert "NOT met" in text  # the warm-start target (3 s > 2 s)
     assert json.loads((tmp_path / "r.json").read_text())["rows"] == data["rows"]
+
+
+def test_rounds_merge_to_the_median_and_before_gets_columns(tmp_path):
+    data = _fake_data()
+    extra = []
+    for rnd, ms in ((1, 3.0), (2, 0.5)):
+        for r in data["rows"]:
+            if r["lib"] == "fastgrad":
+                extra.append(dict(r, median_ms=ms, min_ms=ms, max_ms=ms, gflops=100.0 / ms, round=rnd,
+                                  check={"status": "skipped"}))
+    for r in data["rows"] + extra:
+        if r["lib"] == "fastgrad":
+            extra.append(dict(r, lib="before", median_ms=4 * r["median_ms"], min_ms=4 * r["min_ms"], max_ms=4 * r["max_ms"],
+                              gflops=r["gflops"] / 4))
+    data["rows"] += extra
+    rows = report.combine(data)
+    # fastgrad's rounds took 1, 3 and 0.5 ms: the median is 1 ms, min-max over all rounds
+    assert rows[0]["median_ms"] == 1.0 and (rows[0]["min_ms"], rows[0]["max_ms"]) == (0.5, 3.0)
+    assert rows[0]["gflops"] == pytest.approx(100.0) and rows[0]["checks"]["fastgrad"]["status"] == "ok"
+    assert rows[0]["peers"]["before"]["ratio"] == pytest.approx(4.0)
+    assert rows[0]["peers"]["numpy"]["ratio"] == pytest.approx(2.0)
+    cols = report.columns(data)
+    assert cols.index("before ms") == cols.index("x torch") + 1
+    text = report.markdown(data)
+    assert "4.00x" in text and "| before ms | x before |" in text
+    failed = dict(data["rows"][0], status="error", error="boom", round=3)
+    data["rows"].append(failed)
+    assert report.combine(data)[0]["fastgrad"] == "error"
 
 
 def test_report_png(tmp_path):
