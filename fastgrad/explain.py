@@ -165,8 +165,10 @@ DENSE = Op(
     ("dense.dense_forward", "activations.activation_backward", "dense.dense_backward"),
     (
         Equation(("z_k = b_k + Σ_j w_kj · x_j",), (Source("dense.dense_reference", ("acc += W[k, j] * x[s, j]", "z[s, k] = b[k] + acc")),)),
-        Equation(("y_k = σ(z_k)",), (Source("dense.dense_forward", ("y[s, k] = act(z[s, k], code)",)),)),
-        Equation(("∂L/∂z_k = ∂L/∂y_k · σ'(z_k)",), (Source("activations.activation_backward", ("dz[k] += dy[k] * dact(z[k], code)",)),)),
+        Equation(("y_k = σ(z_k)",), (Source("dense.dense_forward", ("act_row(y[s, j0:j1], z[s, j0:j1], code)",)),)),
+        Equation(("∂L/∂z_k = ∂L/∂y_k · σ'(z_k)",), (
+            Source("activations.activation_backward", ("dact_row(dz[lo:hi], dy[lo:hi], z[lo:hi], code, True)",)),
+        )),
         Equation(
             ("∂L/∂b_k = ∂L/∂z_k                 (summed over the batch)",),
             (Source("dense.dense_backward", ("acc += dz[s, k]", "db[k] += acc")),),
@@ -208,8 +210,8 @@ CONV = Op(
                 Source("conv._fwd_tap", (_KQ, "z[n, m0 + q, oh, u0 + t] += kq * x[n, tap.ci, tap.ih, b0 + t * su]")),
             ),
         ),
-        Equation(("Y_k = σ(Z_k)",), (Source("conv.conv_forward", ("y[n, m0 + q, oh, ow] = act(z[n, m0 + q, oh, ow], code)",)),)),
-        Equation(("∂L/∂Z_k = ∂L/∂Y_k ⊙ σ'(Z_k)",), (Source("conv.conv_dz", ("dz[t] = dy[t] * dz.dtype.type(dact(z[t], code))",)),)),
+        Equation(("Y_k = σ(Z_k)",), (Source("conv.conv_forward", ("act_row(y[n, m0 + q, oh], z[n, m0 + q, oh], code)",)),)),
+        Equation(("∂L/∂Z_k = ∂L/∂Y_k ⊙ σ'(Z_k)",), (Source("conv.conv_dz", ("dact_row(dz[lo:hi], dy[lo:hi], z[lo:hi], code, False)",)),)),
         Equation(
             ("∂L/∂B_k = ∂L/∂Z_k                  (summed over the batch; over positions too for tied bias)",),
             (

@@ -211,6 +211,10 @@ class SGD(Optimizer):
 
     def step(self):
         for name, p, grad in self._items():
+            if not self.weight_decay and not self.momentum:
+                # plain SGD: p -= lr grad, without the copy of grad below
+                p -= p.dtype.type(self.lr) * grad
+                continue
             g = grad + p * p.dtype.type(self.weight_decay) if self.weight_decay else grad.copy()
             if self.momentum:
                 st = self.state.get(name)

@@ -48,6 +48,9 @@ class ConvCache(NamedTuple):
     x_shape: tuple  # the user's shapes, for dx, dK, dB
     K_shape: tuple
     bias_shape: tuple | None
+    #: stride 1: x padded into the wide layout by the forward, read again by dL/dK
+    #: (kept rather than padded twice); None on the general path
+    xp: np.ndarray | None = None
 
     @property
     def out_shape(self) -> tuple:
@@ -96,6 +99,7 @@ def conv_forward(x, K, B=None, stride=1, padding=0, dilation=1, groups=1, activa
     y = z if code == 0 else np.empty_like(z)
     work = z.size * geo.Cg * geo.kh * geo.kw
     bias = NO_BIAS3[x.dtype] if B3 is None else B3
+    xp = None
     if geo.sh == 1 and geo.sw == 1:  # stride 1: long contiguous loops over wide planes (kernels.conv)
         xp = pad_wide(x4, geo)
         zw = np.empty((geo.N, geo.M, geo.Lz), x.dtype)
@@ -103,7 +107,7 @@ def conv_forward(x, K, B=None, stride=1, padding=0, dilation=1, groups=1, activa
         _jit.pick(kconv.conv_forward_s1, work)(y, z, xp, wp, bias, geo, code, zw, forward_offsets(geo))
     else:
         _jit.pick(kconv.conv_forward, work)(y, z, x4, K4, bias, geo, code)
-    cache = ConvCache(x4, K4, B3, z, geo, activation, nd, x.shape, K.shape, None if B is None else B.shape)
+    cache = ConvCache(x4, K4, B3, z, geo, activation, nd, x.shape, K.shape, None if B is None else B.shape, xp)
     return y.reshape(full_out), cache
 
 
@@ -163,7 +167,7 @@ def _backward(dx, dK, dB, dy, cache: ConvCache, check_finite, where):
     dB3 = NO_BIAS3[x.dtype] if dB is None else dB.reshape(cache.B.shape)
     work = z.size * geo.Cg * geo.kh * geo.kw
     if geo.sh == 1 and geo.sw == 1:  # stride 1: long contiguous loops over wide planes (kernels.conv)
-        xp = pad_wide(x, geo)
+        xp = cache.xp if cache.xp is not None else pad_wide(x, geo)
         dzw = widen_dz(dz, geo)
         _jit.pick(kconv.conv_backward_filter_s1, work)(dK4.reshape(geo.M, -1), dB3, dz, dzw, xp, geo, forward_taps(geo))
         dxw = np.empty((geo.N, geo.C, geo.Qr), x.dtype)

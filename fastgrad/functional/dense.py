@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -105,7 +106,7 @@ def _backward(dx, dW, db, dy, cache: DenseCache, check_finite, where):
     shapes = [(N, m)] if code != 0 else []
     for plan in plans:
         shapes += [(size,) for size in products.packed_sizes(plan, x.dtype)]
-    check_alloc(where, x.dtype, [("scratch", (sum(int(np.prod(s)) for s in shapes),))])
+    check_alloc(where, x.dtype, [("scratch", (sum(math.prod(s) for s in shapes),))])
     with scratch(x.dtype, *shapes) as bufs:
         if code == 0:
             dz = dy  # identity: sigma' = 1

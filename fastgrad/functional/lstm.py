@@ -10,6 +10,7 @@ equations are in :mod:`fastgrad.kernels.lstm`.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -196,7 +197,7 @@ def _backward(grads, dy, cache, dhT, dcT, check_finite, where):
     shapes = [(T, N, 4, H), (N, H), (N, H)]
     shapes += [(size,) for size in products.packed_sizes(plan_dx, dt) + products.packed_sizes(plan_dw, dt)]
     shapes += [(blocks * products.MR * G,), (products.packed_sizes(plan_rec, dt)[1],), (blocks * products.MR * H,)]
-    check_alloc(where, dt, [("scratch", (sum(int(np.prod(s)) for s in shapes),))])
+    check_alloc(where, dt, [("scratch", (sum(math.prod(s) for s in shapes),))])
     work = 2 * TN * G * (H + n_in)
     with scratch(dt, *shapes) as bufs:
         _jit.pick(klstm.lstm_backward, work)(

@@ -52,7 +52,7 @@ import numpy as np
 from numba import prange
 
 from .._jit import F1, F2, F3, F4, I1, I2, helper, kernel
-from .activations import act, dact
+from .activations import ROW, act_row, dact_row
 from .products import MR, dot_taps_1x1, dot_taps_4x3, tap_tile
 from .simd import lanes
 
@@ -265,8 +265,7 @@ def conv_forward(y: F4, z: F4, x: F4, K: F4, B: F3, geo: ConvGeometry, code: int
                             _fwd_tap(z, x, K, n, m0, nm, oh, tap, geo.sw)
             if code != 0:
                 for q in range(nm):
-                    for ow in range(geo.Wo):
-                        y[n, m0 + q, oh, ow] = act(z[n, m0 + q, oh, ow], code)
+                    act_row(y[n, m0 + q, oh], z[n, m0 + q, oh], code)
 
 
 @kernel
@@ -276,8 +275,10 @@ def conv_dz(dz: F1, dy: F1, z: F1, code: int):
     Shapes: dz, dy, z flat (size,).  Run once so the two gradient kernels read
     dL/dZ instead of re-evaluating sigma' once per kernel tap.
     """
-    for t in prange(z.shape[0]):
-        dz[t] = dy[t] * dz.dtype.type(dact(z[t], code))
+    for r in prange((z.shape[0] + ROW - 1) // ROW):
+        lo = r * ROW
+        hi = min(lo + ROW, z.shape[0])
+        dact_row(dz[lo:hi], dy[lo:hi], z[lo:hi], code, False)
 
 
 @helper
@@ -440,8 +441,7 @@ def conv_forward_s1(y: F4, z: F4, xp: F3, wp: F1, B: F3, geo: ConvGeometry, code
                     z[n, m, oh, ow] += zw[n, m, oh * geo.Wp + ow]
             if code != 0:
                 for oh in range(geo.Ho):
-                    for ow in range(geo.Wo):
-                        y[n, m, oh, ow] = act(z[n, m, oh, ow], code)
+                    act_row(y[n, m, oh], z[n, m, oh], code)
 
 
 @kernel

@@ -29,7 +29,7 @@ from typing import NamedTuple
 from numba import prange
 
 from .._jit import CORE_SERIAL_BELOW, F1, F2, helper, kernel
-from .activations import act
+from .activations import act_row
 from .products import GemmPlan, Operand, Packed, gemm_task, pack_count, pack_item, task_block, task_count
 
 
@@ -79,8 +79,7 @@ def dense_forward(y: F2, z: F2, x: F2, W: F2, b: F1, code: int, packed: Packed, 
         if code != 0:
             i0, i1, j0, j1 = task_block(t, plan)
             for s in range(i0, i1):
-                for k in range(j0, j1):
-                    y[s, k] = act(z[s, k], code)
+                act_row(y[s, j0:j1], z[s, j0:j1], code)
 
 
 @kernel(dynamic=True, serial_below=CORE_SERIAL_BELOW)  # the dx and dW tasks of one launch differ in cost
