@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from pathlib import Path
 
 from .cases import COMPILE_TARGETS, SHAPE_NAMES, targets
@@ -64,9 +65,7 @@ def merge_rounds(rows: list) -> list:
         if bad:
             out.append(bad[0])
             continue
-        medians = sorted(r["median_ms"] for r in group)
-        mid = len(medians) // 2
-        med = medians[mid] if len(medians) % 2 else 0.5 * (medians[mid - 1] + medians[mid])
+        med = statistics.median(r["median_ms"] for r in group)
         work = group[0]["gflops"] * group[0]["median_ms"]  # GFLOP/s x ms: the case's work, the same every round
         checks = [r["check"] for r in group if (r.get("check") or {}).get("status") not in (None, "skipped")]
         merged = dict(group[0])
@@ -115,6 +114,7 @@ def _status_text(row) -> str | None:
 def combine(data: dict) -> list:
     """One dict per (case, dtype, pass), in run order, with fastgrad's numbers, ratios, checks and targets."""
     idx = _index(merge_rounds(data.get("rows", [])))
+    peers = [p for p in PEERS if p != "before" or _has_before(data)]
     peak = data.get("peak") or {}
     keys = []
     for r in data.get("rows", []):
@@ -135,13 +135,11 @@ def combine(data: dict) -> list:
             best = (peak.get(dtype) or {}).get("best_gflops")
             if best:
                 row["pct_peak"] = 100.0 * fg["gflops"] / best
-        for lib in ("fastgrad",) + PEERS:
+        for lib in ["fastgrad"] + peers:
             r = idx.get((lib, case, dtype, pass_))
             if r is not None and r.get("status") == "ok":
                 row["checks"][lib] = r.get("check", {})
-        for peer in PEERS:
-            if peer == "before" and not _has_before(data):
-                continue
+        for peer in peers:
             r = idx.get((peer, case, dtype, pass_))
             med = r["median_ms"] if r is not None and r.get("status") == "ok" else None
             ratio = med / row["median_ms"] if med is not None and row["median_ms"] else None

@@ -23,6 +23,7 @@ import numbers
 import numpy as np
 
 from . import _jit
+from .kernels.activations import CODES
 from .kernels.util import all_finite
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -208,21 +209,9 @@ def check_alloc(where: str, dtype, arrays, what: str = "", copies: int = 1) -> N
 
 def activation_code(name, where: str, param: str = "activation") -> int:
     """Map an activation name to its kernel code, or raise listing the valid names."""
-    code = _activation_codes().get(name) if isinstance(name, str) else None
+    code = CODES.get(name) if isinstance(name, str) else None
     if code is not None:
         return code
     if not isinstance(name, str):
         raise TypeError(f"{where}: {param} must be a string, got {_describe(name)}")
-    raise ValueError(f"{where}: unknown {param} {name!r}; expected one of {', '.join(_activation_codes())}"[:299])
-
-
-_CODES: dict = {}
-
-
-def _activation_codes() -> dict:
-    # imported when first asked (kernels import this module's package at start-up)
-    if not _CODES:
-        from .kernels.activations import CODES
-
-        _CODES.update(CODES)
-    return _CODES
+    raise ValueError(f"{where}: unknown {param} {name!r}; expected one of {', '.join(CODES)}"[:299])

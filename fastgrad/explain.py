@@ -162,12 +162,12 @@ DENSE = Op(
     "Dense Layer",
     "fg.Dense",
     "x (N, n) input, one sample s per row; W (m, n) weights; b (m,) bias; σ the activation",
-    ("dense.dense_forward", "activations.activation_backward", "dense.dense_backward"),
+    ("dense.dense_forward", "activations.activation_dz", "dense.dense_backward"),
     (
         Equation(("z_k = b_k + Σ_j w_kj · x_j",), (Source("dense.dense_reference", ("acc += W[k, j] * x[s, j]", "z[s, k] = b[k] + acc")),)),
         Equation(("y_k = σ(z_k)",), (Source("dense.dense_forward", ("act_row(y[s, j0:j1], z[s, j0:j1], code)",)),)),
         Equation(("∂L/∂z_k = ∂L/∂y_k · σ'(z_k)",), (
-            Source("activations.activation_backward", ("dact_row(dz[lo:hi], dy[lo:hi], z[lo:hi], code, True)",)),
+            Source("activations.activation_dz", ("dact_row(dz[lo:hi], dy[lo:hi], z[lo:hi], code, False)",)),
         )),
         Equation(
             ("∂L/∂b_k = ∂L/∂z_k                 (summed over the batch)",),
@@ -197,7 +197,7 @@ CONV = Op(
     "Stride 1 runs the *_s1 kernels (the same sums over a zero-padded copy of x); the lines below are the general\n"
     "kernels, which the stride-2 instance of the gradient check runs.",
     (
-        "conv.conv_forward", "conv.conv_dz", "conv.conv_backward_filter", "conv.conv_backward_data",
+        "conv.conv_forward", "activations.activation_dz", "conv.conv_backward_filter", "conv.conv_backward_data",
         "conv.conv_forward_s1", "conv.conv_backward_filter_s1", "conv.conv_backward_data_s1",
     ),
     (
@@ -211,7 +211,9 @@ CONV = Op(
             ),
         ),
         Equation(("Y_k = σ(Z_k)",), (Source("conv.conv_forward", ("act_row(y[n, m0 + q, oh], z[n, m0 + q, oh], code)",)),)),
-        Equation(("∂L/∂Z_k = ∂L/∂Y_k ⊙ σ'(Z_k)",), (Source("conv.conv_dz", ("dact_row(dz[lo:hi], dy[lo:hi], z[lo:hi], code, False)",)),)),
+        Equation(("∂L/∂Z_k = ∂L/∂Y_k ⊙ σ'(Z_k)",), (
+            Source("activations.activation_dz", ("dact_row(dz[lo:hi], dy[lo:hi], z[lo:hi], code, False)",)),
+        )),
         Equation(
             ("∂L/∂B_k = ∂L/∂Z_k                  (summed over the batch; over positions too for tied bias)",),
             (

@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import _jit
 from .._checks import activation_code, as_array, check_alloc, positive_int
+from ..kernels import activations as kact
 from ..kernels import conv as kconv
 from ..kernels.conv import ConvGeometry
 from ..kernels.products import MR
@@ -50,7 +51,7 @@ class ConvCache(NamedTuple):
     bias_shape: tuple | None
     #: stride 1: x padded into the wide layout by the forward, read again by dL/dK
     #: (kept rather than padded twice); None on the general path
-    xp: np.ndarray | None = None
+    xp: np.ndarray | None
 
     @property
     def out_shape(self) -> tuple:
@@ -161,15 +162,14 @@ def _backward(dx, dK, dB, dy, cache: ConvCache, check_finite, where):
         dz = dy4
     else:
         dz = np.empty_like(z)
-        _jit.pick(kconv.conv_dz, 8 * z.size)(dz.reshape(-1), dy4.reshape(-1), z.reshape(-1), code)
+        _jit.pick(kact.activation_dz, 8 * z.size)(dz.reshape(-1), dy4.reshape(-1), z.reshape(-1), code)
     dx4 = dx.reshape(x.shape)
     dK4 = dK.reshape(K.shape)
     dB3 = NO_BIAS3[x.dtype] if dB is None else dB.reshape(cache.B.shape)
     work = z.size * geo.Cg * geo.kh * geo.kw
     if geo.sh == 1 and geo.sw == 1:  # stride 1: long contiguous loops over wide planes (kernels.conv)
-        xp = cache.xp if cache.xp is not None else pad_wide(x, geo)
         dzw = widen_dz(dz, geo)
-        _jit.pick(kconv.conv_backward_filter_s1, work)(dK4.reshape(geo.M, -1), dB3, dz, dzw, xp, geo, forward_taps(geo))
+        _jit.pick(kconv.conv_backward_filter_s1, work)(dK4.reshape(geo.M, -1), dB3, dz, dzw, cache.xp, geo, forward_taps(geo))
         dxw = np.empty((geo.N, geo.C, geo.Qr), x.dtype)
         kt = pack_rows(filters_by_input(K, geo).reshape(geo.groups, geo.Cg, -1))
         _jit.pick(kconv.conv_backward_data_s1, work)(dx4, dzw, kt, geo, dxw, data_offsets(geo))

@@ -111,9 +111,8 @@ def _backward(dx, dW, db, dy, cache: DenseCache, check_finite, where):
         if code == 0:
             dz = dy  # identity: sigma' = 1
         else:
-            dz = bufs.pop(0)  # dL/dz = dy * sigma'(z), one element-wise pass (the kernel adds)
-            dz.fill(0)
-            _jit.pick(kact.activation_backward, 8 * dz.size)(dz.reshape(-1), dy.reshape(-1), z.reshape(-1), code)
+            dz = bufs.pop(0)  # dL/dz = dy * sigma'(z), one element-wise pass
+            _jit.pick(kact.activation_dz, 8 * dz.size)(dz.reshape(-1), dy.reshape(-1), z.reshape(-1), code)
         grads = kdense.DenseGrads(dx, dW, EMPTY1[x.dtype] if db is None else db)
         packed = (products.Packed(bufs[0], bufs[1]), products.Packed(bufs[2], bufs[3]))
         _jit.pick(kdense.dense_backward, N * m * n)(grads, dz, x, W, *packed, *plans)

@@ -19,6 +19,7 @@ Options (every one validated before any kernel runs):
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import numpy as np
@@ -51,6 +52,7 @@ def _memo(build):
     """
     memo = {}
 
+    @functools.wraps(build)
     def cached(*args):
         try:
             key = tuple(_frozen(a) for a in args[:-1])
@@ -67,9 +69,6 @@ def _memo(build):
         memo[key] = geo
         return geo
 
-    cached.__wrapped__ = build
-    cached.__doc__ = build.__doc__
-    cached.__name__ = build.__name__
     return cached
 
 

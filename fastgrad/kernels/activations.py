@@ -269,6 +269,19 @@ def activation_forward(y: F1, z: F1, code: int):
 
 
 @kernel
+def activation_dz(dz: F1, dy: F1, z: F1, code: int):
+    """dL/dz_k = dL/dy_k * sigma'(z_k) element-wise over flat arrays of shape (size,), overwriting dz.
+
+    The first step of the dense and conv backward passes: computed once, so the
+    product kernels read dL/dz instead of re-evaluating sigma' per use.
+    """
+    for r in prange((z.shape[0] + ROW - 1) // ROW):
+        lo = r * ROW
+        hi = min(lo + ROW, z.shape[0])
+        dact_row(dz[lo:hi], dy[lo:hi], z[lo:hi], code, False)
+
+
+@kernel
 def activation_backward(dz: F1, dy: F1, z: F1, code: int):
     """dL/dz_k += dL/dy_k * sigma'(z_k) element-wise over flat arrays of shape (size,)."""
     for r in prange((z.shape[0] + ROW - 1) // ROW):

@@ -52,7 +52,7 @@ import numpy as np
 from numba import prange
 
 from .._jit import F1, F2, F3, F4, I1, I2, helper, kernel
-from .activations import ROW, act_row, dact_row
+from .activations import act_row
 from .products import MR, dot_taps_1x1, dot_taps_4x3, tap_tile
 from .simd import lanes
 
@@ -266,19 +266,6 @@ def conv_forward(y: F4, z: F4, x: F4, K: F4, B: F3, geo: ConvGeometry, code: int
             if code != 0:
                 for q in range(nm):
                     act_row(y[n, m0 + q, oh], z[n, m0 + q, oh], code)
-
-
-@kernel
-def conv_dz(dz: F1, dy: F1, z: F1, code: int):
-    """dL/dZ_k = dL/dY_k (.) sigma'(Z_k) element-wise (cheat sheet), overwriting dz.
-
-    Shapes: dz, dy, z flat (size,).  Run once so the two gradient kernels read
-    dL/dZ instead of re-evaluating sigma' once per kernel tap.
-    """
-    for r in prange((z.shape[0] + ROW - 1) // ROW):
-        lo = r * ROW
-        hi = min(lo + ROW, z.shape[0])
-        dact_row(dz[lo:hi], dy[lo:hi], z[lo:hi], code, False)
 
 
 @helper

@@ -90,7 +90,7 @@ def dense_backward(grads: DenseGrads, dz: F2, x: F2, W: F2, p_dx: Packed, p_dw: 
         dW[k, j] += sum_s dL/dz[s, k] * x[s, j]     A = dz^T (m, N), B = x (N, n)
         db[k]    += sum_s dL/dz[s, k]               (skipped when db has shape (0,))
 
-    dL/dz = dy * sigma'(z) is computed before this kernel (activations.activation_backward).
+    dL/dz = dy * sigma'(z) is computed before this kernel (activations.activation_dz).
     Shapes: grads.dx, x (N, n); grads.dW, W (m, n); grads.db (m,) or (0,); dz (N, m).
     p_dx, plan_dx: packing buffers and plan of dx (``products.gemm_plan(N, n, m)``);
     p_dw, plan_dw: those of dW (``gemm_plan(m, n, N)``).  One launch packs the panels
