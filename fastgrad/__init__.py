@@ -47,7 +47,7 @@ from .layers import (
 )
 from .losses import CrossEntropyLoss, MSELoss
 from .model import Sequential
-from .optim import SGD, Adam, Optimizer, clip_grad_norm
+from .optim import SGD, Adam, AdamW, Optimizer, clip_grad_norm
 from .plotting import plot_history
 from .random import default_generator, get_rng_state, initial_seed, manual_seed, set_rng_state
 from .schedules import CosineAnnealingLR, ExponentialLR, LinearLR, LRScheduler, MultiStepLR, ReduceLROnPlateau, StepLR
@@ -82,6 +82,7 @@ __all__ = [
     "Optimizer",
     "SGD",
     "Adam",
+    "AdamW",
     "clip_grad_norm",
     "manual_seed",
     "initial_seed",

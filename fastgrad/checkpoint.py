@@ -27,7 +27,7 @@ import zipfile
 import numpy as np
 
 from .io import ModelFileError, build, describe_model, write_atomic
-from .layers.base import Layer
+from .layers.base import Layer, walk
 from .optim import Optimizer
 from .random import check_rng_state, fork_rng, get_rng_state
 from .state import state_arrays
@@ -89,22 +89,14 @@ class Checkpoint:
 
 
 def walk_layers(model):
-    """``(path, layer)`` for ``model`` ("") and every layer inside it ("0", "1", nested "0.2"), depth first."""
-    stack = [("", model)]
-    while stack:
-        path, layer = stack.pop()
-        yield path, layer
-        children = getattr(layer, "layers", None) or []
-        stack.extend((f"{path}.{i}" if path else str(i), child) for i, child in reversed(list(enumerate(children))))
+    """``(path, layer)`` for ``model`` ("") and every layer in its tree ("0", "1", "0.inner", nested "0.2"), parents first."""
+    return walk(model)
 
 
 def _layer_at(model, path, where):
-    layer = model
-    for part in path.split(".") if path else []:
-        layers = getattr(layer, "layers", None)
-        if not (part.isdigit() and isinstance(layers, list) and int(part) < len(layers)):
-            raise ModelFileError(f"{where}: layer path {path!r} does not exist in the saved model")
-        layer = layers[int(part)]
+    layer = dict(walk(model)).get(path) if isinstance(path, str) else None
+    if layer is None:
+        raise ModelFileError(f"{where}: layer path {path!r} does not exist in the saved model"[:290])
     return layer
 
 

@@ -165,10 +165,14 @@ def init(comm=None, abort_on_exception=True):
         previous = sys.excepthook
 
         def hook(exc_type, exc, tb):
+            sys.stdout.flush()
             sys.stderr.write(f"fastgrad.distributed: uncaught exception on rank {comm.Get_rank()}, aborting all ranks\n")
+            sys.stderr.flush()
             previous(exc_type, exc, tb)
             sys.stderr.flush()
-            sys.stdout.flush()
+            # the launcher forwards a rank's output asynchronously and drops what it has not read when
+            # Abort kills the job: under load the traceback was lost (seen in the test suite); give it time
+            time.sleep(0.5)
             comm.Abort(1)
 
         sys.excepthook = hook

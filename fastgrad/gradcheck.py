@@ -39,7 +39,7 @@ from .layers.base import Layer, sublayers, takes_indices
 
 MODES = ("full", "directional")
 #: dicts of a layer whose floating entries are float64 during a check
-STATE_DICTS = ("params", "grads", "buffers")
+STATE_DICTS = ("_params", "_grads", "_buffers")  # where a layer keeps its own arrays (layers.base)
 
 
 class GradcheckError(AssertionError):

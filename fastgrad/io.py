@@ -8,6 +8,23 @@ atomic (a temporary file in the same directory, fsync, ``os.replace``), so an
 interrupted save leaves the previous file intact.  Every problem with a file
 raises :class:`ModelFileError` (a ValueError) naming the file and the key, and
 nothing is changed until the whole file has been checked.
+
+The format (version 1)::
+
+    __architecture__   JSON {"format": "fastgrad-model", "version": 1, "type": <layer type>, "config": <get_config()>}
+    param/<name>       one array per entry of model.params, by its dotted name
+    buffer/<name>      one array per entry of model.buffers
+
+A Sequential's config is ``{"layers": [{"type": ..., "config": ...}, ...]}``.
+Layers made of layers (a user block whose attribute ``inner`` is a Dense) need
+nothing more: the block is rebuilt by its constructor, and the children's
+trained arrays come from the file under their dotted names
+(``param/0.inner.W``), not from the constructor's initialisation.  A block whose
+constructor *takes* layers (``TwoBranch(left, right)``) may return them from
+``get_config``; each Layer value (also inside lists and dicts) is stored as
+``{"__layer__": {"type": ..., "config": ...}}`` and rebuilt before the block's
+constructor is called.  Files written before layers had children hold none of
+these and load unchanged.
 """
 
 from __future__ import annotations
@@ -29,6 +46,8 @@ VERSION = 1
 _ARCH_KEY = "__architecture__"
 _PARAM_PREFIX = "param/"
 _BUFFER_PREFIX = "buffer/"
+#: a Layer value inside a config (a block's constructor argument) is stored as {_LAYER_KEY: {"type", "config"}}
+_LAYER_KEY = "__layer__"
 #: a saved architecture larger than this is refused (hostile or corrupt file)
 MAX_ARCH_CHARS = 1 << 20
 
@@ -39,7 +58,43 @@ class ModelFileError(ValueError):
 
 def describe_model(model) -> dict:
     """The architecture saved with a model: format, version, type name and ``get_config()`` (JSON-able)."""
-    return {"format": FORMAT, "version": VERSION, "type": layer_type(type(model)), "config": model.get_config()}
+    return {"format": FORMAT, "version": VERSION, "type": layer_type(type(model)), "config": encode_config(model.get_config())}
+
+
+def encode_config(value):
+    """``value`` with every Layer in it (at any depth of lists, tuples and dicts) as ``{"__layer__": {type, config}}``."""
+    if isinstance(value, Layer):
+        return {_LAYER_KEY: {"type": layer_type(type(value)), "config": encode_config(value.get_config())}}
+    if isinstance(value, (list, tuple)):
+        return [encode_config(v) for v in value]
+    if isinstance(value, dict):
+        return {k: encode_config(v) for k, v in value.items()}
+    return value
+
+
+def _decode_config(value, where):
+    """The inverse of :func:`encode_config`: each ``{"__layer__": ...}`` built into a layer."""
+    if isinstance(value, dict):
+        if _LAYER_KEY in value:
+            entry = value[_LAYER_KEY]
+            if set(value) != {_LAYER_KEY} or not isinstance(entry, dict) or set(entry) != {"type", "config"}:
+                raise ModelFileError(f"{where}: a {_LAYER_KEY!r} entry must be {{'{_LAYER_KEY}': {{'type': ..., 'config': ...}}}}")
+            return build(entry["type"], entry["config"], where)
+        return {k: _decode_config(v, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_config(v, where) for v in value]
+    return value
+
+
+def _config_layers(value, path=""):
+    """``[(path, layer)]`` of the Layer values inside a config."""
+    if isinstance(value, Layer):
+        return [(path, value)]
+    if isinstance(value, (list, tuple)):
+        return [item for i, v in enumerate(value) for item in _config_layers(v, f"{path}[{i}]")]
+    if isinstance(value, dict):
+        return [item for k, v in value.items() for item in _config_layers(v, f"{path}[{k!r}]")]
+    return []
 
 
 def _is_sequential(cls, config) -> bool:
@@ -61,8 +116,10 @@ def check_rebuildable(model, where: str = "save") -> None:
             check_rebuildable(layer, f"{where}: layer {i}")
         return
     name = type(model).__qualname__
+    for path, layer in _config_layers(config):
+        check_rebuildable(layer, f"{where}: {name}.get_config(){path}")
     try:
-        json.dumps(config, allow_nan=False)
+        json.dumps(encode_config(config), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"{where}: {name}.get_config() must return JSON values (int, float, str, bool, None, lists, dicts): {exc}"[:295]
@@ -213,7 +270,7 @@ def build(kind: str, config: dict, where: str = "load"):
                     raise ModelFileError(f"{where}: layer {i} must be {{'type': ..., 'config': ...}}")
                 built.append(build(item["type"], item["config"], where))
             return cls(*built)
-        return cls(**config)
+        return cls(**_decode_config(config, where))
     except ModelFileError:
         raise
     except (TypeError, ValueError) as exc:

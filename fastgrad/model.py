@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ._checks import as_array, as_indices, positive_int
-from .layers.base import Layer, evaluating, layer_type, takes_indices
+from .layers.base import Layer, evaluating, layer_type, takes_indices, tree_arrays, walk, zero_frozen_grads
 from .losses import CrossEntropyLoss, Loss
 from .optim import clip_grad_norm, named_parameters
 from .training import LocalReplicas, train
@@ -17,9 +17,12 @@ class Sequential(Layer):
     """``Sequential(*layers)``: forward through each layer, backward in reverse.
 
     ``params`` / ``grads`` are flat dicts named ``"<index>.<name>"`` ("0.W",
-    "1.b", ...) holding the layers' own arrays, so an optimizer that updates
-    them in place updates the layers.
+    "1.b", ...; a block's children ``"0.inner.W"``) holding the layers' own
+    arrays, so an optimizer that updates them in place updates the layers.
+    A layer may appear once only (``Sequential(d, d)`` is refused).
     """
+
+    _container = True
 
     def __init__(self, *layers):
         # no Layer.__init__: params, grads and dtype are derived from the layers
@@ -30,20 +33,25 @@ class Sequential(Layer):
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential: layer {i} must be a fastgrad Layer, got {type(layer).__name__}")
         self.layers = list(layers)
+        walk(self)  # a layer given twice, or a model inside itself, is refused here
+
+    def named_children(self) -> list:
+        """The layers, named by their index: ``[("0", layer0), ("1", layer1), ...]``."""
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
 
     @property
     def params(self) -> dict:
-        """All layers' parameters as one dict ``{"0.W": array, ...}`` (the layers' own arrays)."""
-        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.params.items()}
+        """All layers' parameters as one dict ``{"0.W": array, "1.inner.W": ...}`` (the layers' own arrays)."""
+        return tree_arrays(self, "params")
 
     @property
     def grads(self) -> dict:
-        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.grads.items()}
+        return tree_arrays(self, "grads")
 
     @property
     def buffers(self) -> dict:
         """All layers' buffers (BatchNorm running statistics) as one dict ``{"1.running_mean": array, ...}``."""
-        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in getattr(layer, "buffers", {}).items()}
+        return tree_arrays(self, "buffers")
 
     @property
     def dtype(self):
@@ -83,6 +91,8 @@ class Sequential(Layer):
             dy = layer.backward(dy)
             if frozen or not layer.trainable:
                 layer.zero_grad()
+            else:
+                zero_frozen_grads(layer)  # a frozen child inside a block
         return dy if stop == 0 else None
 
     def zero_grad(self):
@@ -98,13 +108,20 @@ class Sequential(Layer):
         return input_shape
 
     def summary(self, input_shape=None) -> str:
-        """A table of layers, output shapes (when ``input_shape`` is given) and parameter counts."""
+        """A table of layers, output shapes (when ``input_shape`` is given) and parameter counts.
+
+        A block's children follow it on indented rows named by their path
+        (``0.inner``); a block's count includes its children's.
+        """
         rows = [("#", "layer", "output shape", "params")]
         shape = tuple(input_shape) if input_shape is not None else None
         for i, layer in enumerate(self.layers):
             if shape is not None:
                 shape = layer.output_shape(shape)
             rows.append((str(i), repr(layer), "?" if shape is None else str(("N",) + tuple(shape)), f"{layer.num_params():,}"))
+            for path, child in walk(layer)[1:]:
+                indent = "  " * (path.count(".") + 1)
+                rows.append((f"{i}.{path}", indent + repr(child), "", f"{child.num_params():,}"))
         widths = [max(len(r[c]) for r in rows) for c in range(4)]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
         lines.insert(1, "-" * len(lines[0]))

@@ -16,25 +16,29 @@ import warnings
 import numpy as np
 
 from ._checks import positive_int, real_number
+from .layers.base import Layer, own_arrays, walk
 
 
 def named_parameters(source, trainable_only=True, prefix=""):
     """``[(name, param, grad)]`` of a Layer, a Sequential or a list of layers, in ``params`` order.
 
-    Names are those of ``model.params`` ("0.W", "1.b", nested "0.1.W"); for a
-    list of layers the list index comes first.  ``trainable_only`` leaves out
-    the parameters of layers with ``trainable = False`` (and of everything
-    inside a frozen container).
+    Names are those of ``model.params`` ("0.W", "1.b", a block's child
+    "0.inner.W", nested "0.1.W"); for a list of layers the list index comes
+    first.  The layer tree is the one :func:`fastgrad.layers.base.walk` sees.
+    ``trainable_only`` leaves out the parameters of layers with
+    ``trainable = False`` and of everything inside a frozen layer.
     """
     if isinstance(source, (list, tuple)):
         return [item for i, layer in enumerate(source) for item in named_parameters(layer, trainable_only, f"{prefix}{i}.")]
-    if trainable_only and not getattr(source, "trainable", True):
-        return []
-    layers = getattr(source, "layers", None)
-    if isinstance(layers, list):  # a container: recurse so that a frozen inner layer is seen
-        return [item for i, layer in enumerate(layers) for item in named_parameters(layer, trainable_only, f"{prefix}{i}.")]
-    grads = source.grads
-    return [(prefix + name, p, grads[name]) for name, p in source.params.items()]
+    if not isinstance(source, Layer):  # a duck-typed object with params and grads dicts
+        grads = source.grads
+        return [(prefix + name, p, grads[name]) for name, p in source.params.items()]
+    out = []
+    for path, node in walk(source, skip_frozen=trainable_only):
+        grads = own_arrays(node, "grads")
+        head = f"{prefix}{path}." if path else prefix
+        out.extend((head + name, p, grads[name]) for name, p in own_arrays(node, "params").items())
+    return out
 
 
 def _check_source(source, where):
@@ -244,6 +248,8 @@ class Adam(Optimizer):
 
     hyperparameters = ("lr", "betas", "eps", "weight_decay")
     buffer_names = ("m", "v")
+    #: False: weight decay is L2 added to the gradient (Adam); True: decoupled (AdamW)
+    decoupled_weight_decay = False
 
     def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(model, lr, betas=betas, eps=eps, weight_decay=weight_decay)
@@ -272,7 +278,13 @@ class Adam(Optimizer):
         bias2_sqrt = math.sqrt(1.0 - beta2**self.steps)
         for name, p, grad in items:
             dt = p.dtype.type
-            g = grad + p * dt(self.weight_decay) if self.weight_decay else grad
+            if self.decoupled_weight_decay:
+                # AdamW: the decay acts on the weights, not through the moments (torch: param.mul_(1 - lr * wd))
+                if self.weight_decay:
+                    p *= dt(1.0 - self.lr * self.weight_decay)
+                g = grad
+            else:
+                g = grad + p * dt(self.weight_decay) if self.weight_decay else grad
             st = self.state.get(name)
             if st is None:
                 st = self.state[name] = {"m": np.zeros_like(p), "v": np.zeros_like(p)}
@@ -283,6 +295,25 @@ class Adam(Optimizer):
             v += dt(1.0 - beta2) * g * g
             denom = np.sqrt(v) / dt(bias2_sqrt) + dt(self.eps)
             p -= dt(self.lr / bias1) * (m / denom)
+
+
+class AdamW(Adam):
+    """AdamW as ``torch.optim.AdamW`` (amsgrad off): Adam with decoupled weight decay::
+
+        p = p * (1 - lr * weight_decay)                 (first, on the weights themselves)
+        m = beta1 m + (1 - beta1) grad;   v = beta2 v + (1 - beta2) grad^2
+        p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+    torch's defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 1e-2.
+    The decay never enters the moments, so it shrinks every weight by the same
+    factor whatever the gradient's scale (Loshchilov & Hutter, "Decoupled Weight
+    Decay Regularization").
+    """
+
+    decoupled_weight_decay = True
+
+    def __init__(self, model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(model, lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
 def clip_grad_norm(model, max_norm) -> float:

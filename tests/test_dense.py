@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from needs import needs
 from fd import KINKS, assert_close, numeric_grad, random_direction_check
 
 import fastgrad as fg
@@ -254,7 +255,7 @@ def test_dense_layer_on_nd_input_acts_on_the_last_axis(rng):
 
 @pytest.mark.parametrize("act,module", [("gelu_erf", "GELU"), ("gelu", "GELU_tanh"), ("silu", "SiLU")])
 def test_dense_nd_and_gelu_match_torch(act, module, rng):
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     layer = fg.Dense(5, 4, act, dtype=np.float64, seed=2)
     lin = torch.nn.Linear(5, 4, dtype=torch.float64)
     with torch.no_grad():

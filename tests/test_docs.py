@@ -45,3 +45,10 @@ def test_custom_layer_guide_runs(tmp_path, monkeypatch, capsys):
     with np.load(tmp_path / "rmsnorm-digits.npz") as data:
         assert '"custom_layers_guide:RMSNorm"' in str(data["__architecture__"])
     assert type(fg.load(tmp_path / "rmsnorm-digits.npz").layers[1]) is ns["RMSNorm"]
+    # blocks: the child is in params and the check, and trained; the two-branch block round-tripped its children
+    assert "1.inner.W" in ns["block_model"].params and "1.inner" in out
+    assert ns["block_history"]["val_accuracy"][-1] > 0.8
+    names = [r.name for r in ns["two_report"].checks()]
+    assert names[:3] == ["x", "0.a", "0.branches.0.W"] and "0.branches.1.b" in names
+    with np.load(tmp_path / "two-branch.npz") as data:
+        assert '"__layer__"' in str(data["__architecture__"]) and "param/0.branches.1.W" in data.files

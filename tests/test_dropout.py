@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from needs import needs
 from fd import assert_close, numeric_grad
 
 import fastgrad as fg
@@ -109,7 +110,7 @@ def test_train_and_eval_set_every_layer():
 
 def test_dropout_matches_torch(rng):
     """Eval is the identity in both; in training torch's kept values carry the same 1/(1 - p) scale and gradient."""
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     x = rng.standard_normal((40, 30)) + 3
     dy = rng.standard_normal(x.shape)
     ours = fg.Dropout(0.3, seed=0)

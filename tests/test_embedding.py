@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from needs import needs
 from fd import assert_close, numeric_grad
 
 import fastgrad as fg
@@ -164,7 +165,7 @@ def test_embedding_model_fits_with_integer_inputs():
 
 
 def test_embedding_matches_torch(rng):
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     ours = fg.Embedding(8, 5, padding_idx=2, dtype=np.float64, seed=0)
     ref = torch.nn.Embedding(8, 5, padding_idx=2, dtype=torch.float64)
     with torch.no_grad():

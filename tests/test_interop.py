@@ -8,12 +8,13 @@ import sys
 
 import numpy as np
 import pytest
+from needs import needs
 
 import fastgrad as fg
 
 
 def _torch():
-    return pytest.importorskip("torch")
+    return needs("torch")
 
 
 def _np(t):

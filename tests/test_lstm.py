@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from needs import needs
 from fd import assert_close, numeric_grad
 
 import fastgrad.functional as F
@@ -273,7 +274,7 @@ def test_layer_lengths_match_unpadded_sequences(rng):
 
 
 def test_layer_matches_pytorch(rng):
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     T, N, n_in, H, layers = 5, 3, 4, 6, 2
     ref = torch.nn.LSTM(n_in, H, num_layers=layers, bidirectional=True).double()
     layer = LSTM(n_in, H, num_layers=layers, bidirectional=True, dtype=np.float64)

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+from needs import needs
 from fd import assert_close, numeric_grad
 
 import fastgrad as fg
@@ -123,7 +124,7 @@ def test_adam_matches_torch_rule():
 
 
 def test_optimizers_match_pytorch_when_installed(rng):
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     x = rng.standard_normal((8, 4))
     y = rng.integers(0, 3, 8)
     for make_fg, make_t in [

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from needs import needs
 from fd import assert_close, numeric_grad
 
 import fastgrad as fg
@@ -284,7 +285,7 @@ def _t(torch, a):
 
 
 def test_layer_norm_matches_torch(rng):
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     for normalized, affine in ((5,), True), ((3, 5), True), ((5,), False):
         ours = fg.LayerNorm(normalized, eps=1e-4, elementwise_affine=affine, dtype=np.float64)
         ref = torch.nn.LayerNorm(normalized, eps=1e-4, elementwise_affine=affine, dtype=torch.float64)
@@ -310,7 +311,7 @@ def test_layer_norm_matches_torch(rng):
 
 @pytest.mark.parametrize("kind,shape", [("1d", (6, 3)), ("1d", (5, 3, 4)), ("2d", (4, 3, 3, 2))])
 def test_batch_norm_matches_torch_over_training_steps_and_in_eval(kind, shape, rng):
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     C = shape[1]
     ours = (fg.BatchNorm1D if kind == "1d" else fg.BatchNorm2D)(C, eps=1e-3, momentum=0.3, dtype=np.float64)
     ref = (torch.nn.BatchNorm1d if kind == "1d" else torch.nn.BatchNorm2d)(C, eps=1e-3, momentum=0.3, dtype=torch.float64)

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from needs import needs
 
 import fastgrad as fg
 
@@ -81,7 +82,7 @@ TORCH = {
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_schedule_is_pytorchs_sequence_bitwise(name):
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     opt = _opt()
     ours = _rates(CASES[name][0](opt), opt)
     theirs = _torch_rates(torch, lambda o: TORCH[name](torch, o))
@@ -145,7 +146,7 @@ def test_reduce_on_plateau_follows_the_documented_rule(name):
 
 @pytest.mark.parametrize("name", sorted(PLATEAU))
 def test_reduce_on_plateau_is_pytorchs_sequence(name):
-    torch = pytest.importorskip("torch")
+    torch = needs("torch")
     metrics, rates = _plateau_rates(PLATEAU[name])
     assert rates == _torch_rates(torch, lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, **PLATEAU[name]), len(metrics), metrics)
 

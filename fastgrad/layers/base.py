@@ -11,6 +11,17 @@ A layer owns
   the layer and every layer it holds; Dropout and BatchNorm behave differently;
 * the cache of its last forward pass, which ``backward`` reads.
 
+Layers made of layers: an attribute that is a Layer, or a list/tuple of Layers
+(or a dict of them with string keys), is a **child** (as torch registers
+submodules); ``Sequential``'s children are its layers, named "0", "1", ....
+The tree of children is the one notion of what a model contains: ``params``,
+``grads`` and ``buffers`` of a layer with children hold its own arrays and
+then each child's under dotted names (``"inner.W"``, in a Sequential
+``"0.inner.W"``), and optimizers, ``zero_grad``, ``train()``/``eval()``,
+``gradcheck``, state dicts, ``fg.save``/``fg.load`` and checkpoints all walk
+it (:func:`walk`).  A layer reachable twice (under two names) or a cycle is
+refused with a ValueError naming both paths.
+
 ``layer(x)`` is ``layer.forward(x)``; ``dx = layer.backward(dy)`` returns the
 gradient with respect to the input.  ``get_config()`` returns the JSON-able
 constructor arguments, so ``type(layer)(**layer.get_config())`` builds the same
@@ -53,6 +64,118 @@ from .._checks import as_array, check_alloc, float_dtype
 from ..state import copy_state, load_state
 
 
+#: where a layer keeps its own arrays (the ``params`` / ``grads`` / ``buffers`` attributes read them)
+_OWN_DICTS = ("_params", "_grads", "_buffers")
+
+
+class _Arrays:
+    """``layer.params`` (or ``grads``, ``buffers``): the layer's own dict, or the whole tree's.
+
+    A layer without children (every built-in leaf) gets its own dict itself,
+    so ``self.params["W"]`` costs one dict lookup.  A layer with children gets
+    a :class:`TreeDict` of its own arrays followed by every child's under
+    dotted names.  Assigning ``layer.params = {...}`` replaces the own dict.
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.slot = "_" + kind
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        own = obj.__dict__.get(self.slot)
+        if own is None:
+            raise AttributeError(
+                f"{type(obj).__name__} has no {self.kind}: call super().__init__(dtype) at the start of {type(obj).__name__}.__init__"
+            )
+        if type(obj)._leaf or not obj.named_children():
+            return own
+        return tree_arrays(obj, self.kind)
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.slot] = value
+
+
+class TreeDict(dict):
+    """The arrays of a layer and its children by dotted name; an assignment lands in the owning layer's dict.
+
+    ``block.params["inner.W"] = w`` is ``block.inner.params["W"] = w``: nothing
+    written through the merged view is lost.  New names must be registered with
+    ``add_param`` / ``add_buffer`` on the layer that owns them.
+    """
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.owners: dict[str, tuple] = {}
+
+    def __setitem__(self, key, value):
+        owner = self.owners.get(key)
+        if owner is None:
+            raise KeyError(
+                f"{key!r} is not a registered {self.kind[:-1]} of this layer or its children; register new ones with "
+                f"add_param / add_buffer on the layer that owns them"
+            )
+        own, name = owner
+        own[name] = value
+        super().__setitem__(key, value)
+
+
+def walk(layer, skip_frozen: bool = False):
+    """``[(path, layer)]`` for ``layer`` (path "") and every layer in its tree, depth first, parents before children.
+
+    Paths are dotted child names (``"0"``, ``"0.inner"``).  ``skip_frozen``
+    leaves out every layer with ``trainable = False`` and everything inside it.
+    A layer reachable under two paths, or a cycle, raises ValueError naming both.
+    """
+    out = []
+    seen: dict[int, str] = {}
+
+    def visit(path, node, ancestors):
+        if skip_frozen and not node.trainable:
+            return
+        if id(node) in ancestors:
+            raise ValueError(
+                f"{type(layer).__name__}: layer tree has a cycle: {path!r} is {seen[id(node)] or 'the model itself'!r}"
+                f" ({type(node).__name__}) or holds it; a layer cannot contain itself"[:295]
+            )
+        if id(node) in seen:
+            raise ValueError(
+                f"{type(layer).__name__}: the same {type(node).__name__} is registered twice, as {seen[id(node)] or 'the model'!r}"
+                f" and as {path!r}; a layer can be a child once (to share weights, write one layer that uses them twice)"[:295]
+            )
+        seen[id(node)] = path
+        out.append((path, node))
+        if type(node)._leaf:
+            return
+        ancestors.add(id(node))
+        for name, child in node.named_children():
+            visit(f"{path}.{name}" if path else name, child, ancestors)
+        ancestors.discard(id(node))
+
+    visit("", layer, set())
+    return out
+
+
+def own_arrays(layer, kind: str) -> dict:
+    """The arrays ``layer`` registered itself (``kind``: "params", "grads" or "buffers"), without its children's."""
+    own = layer.__dict__.get("_" + kind)
+    return own if isinstance(own, dict) else {}
+
+
+def tree_arrays(layer, kind: str, skip_frozen: bool = False) -> TreeDict:
+    """``layer``'s own arrays of ``kind`` and then every child's, under dotted names (see :func:`walk`)."""
+    out = TreeDict(kind)
+    for path, node in walk(layer, skip_frozen):
+        own = own_arrays(node, kind)
+        for name, arr in own.items():
+            key = f"{path}.{name}" if path else name
+            dict.__setitem__(out, key, arr)
+            out.owners[key] = (own, name)
+    return out
+
+
 class Layer:
     """Base class: params/grads dicts, zero_grad, config, input conversion."""
 
@@ -66,8 +189,20 @@ class Layer:
     #: True for layers whose input is integer indices (Embedding), not floats
     takes_indices = False
 
+    #: the arrays of this layer and its children (see :class:`_Arrays`)
+    params = _Arrays("params")
+    grads = _Arrays("grads")
+    buffers = _Arrays("buffers")
+
+    #: True on built-in layers that never hold child layers: ``params`` is then the layer's
+    #: own dict with no walk (a user subclass is never a leaf, it may add children)
+    _leaf = False
+    #: True on built-in containers (Sequential), whose children are not found by attribute
+    _container = False
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        cls._leaf = is_builtin(cls) and not cls._container
         if not is_builtin(cls) or cls.__name__.startswith("_"):
             return  # user classes and private bases (_ConvND, _Pool, ...) are not registered
         known = Layer.registry.get(cls.__name__)
@@ -77,9 +212,9 @@ class Layer:
 
     def __init__(self, dtype=np.float32):
         self.dtype = float_dtype(dtype, "dtype", f"{type(self).__name__}")
-        self.params: dict[str, np.ndarray] = {}
-        self.grads: dict[str, np.ndarray] = {}
-        self.buffers: dict[str, np.ndarray] = {}
+        self._params: dict[str, np.ndarray] = {}  # own arrays; self.params adds the children's
+        self._grads: dict[str, np.ndarray] = {}
+        self._buffers: dict[str, np.ndarray] = {}
         self._cache = None
 
     # -- protocol -----------------------------------------------------------
@@ -95,8 +230,29 @@ class Layer:
         )
 
     def zero_grad(self) -> None:
+        """Fill every gradient with 0: this layer's and its children's."""
         for g in self.grads.values():
             g.fill(0)
+
+    def named_children(self) -> list:
+        """``[(name, layer)]``: the layers this one holds directly, in attribute order.
+
+        An attribute that is a Layer is named by the attribute (``"inner"``), a
+        list or tuple of Layers by attribute and index (``"blocks.0"``), a dict
+        of Layers by attribute and key (``"heads.a"``).  Containers such as
+        Sequential override this (their layers are ``"0"``, ``"1"``, ...).
+        """
+        if type(self)._leaf:
+            return []
+        out = []
+        for attr, value in vars(self).items():
+            if isinstance(value, Layer):
+                out.append((attr, value))
+            elif isinstance(value, (list, tuple)):
+                out.extend((f"{attr}.{i}", v) for i, v in enumerate(value) if isinstance(v, Layer))
+            elif isinstance(value, dict) and attr not in _OWN_DICTS:
+                out.extend((f"{attr}.{k}", v) for k, v in value.items() if isinstance(v, Layer) and isinstance(k, str))
+        return out
 
     def train(self, mode: bool = True):
         """Set ``training`` = mode on this layer and on every layer it holds; returns self (as PyTorch)."""
@@ -167,15 +323,16 @@ class Layer:
         ``"<index>.<name>"``).
         """
         where = self._where("add_param")
-        if not isinstance(vars(self).get("params"), dict) or not isinstance(vars(self).get("grads"), dict):
+        if not isinstance(vars(self).get("_params"), dict) or not isinstance(vars(self).get("_grads"), dict):
             raise TypeError(f"{where}: call super().__init__(dtype) at the start of {type(self).__name__}.__init__")
         if not isinstance(name, str) or not name or "." in name:
             raise ValueError(f"{where}: name must be a non-empty string without '.', got {name!r}"[:290])
-        if name in self.params:
+        own = vars(self)
+        if name in own["_params"]:
             raise ValueError(f"{where}: a parameter named {name!r} is already registered")
         value = as_array(value, name, where, dtype=self.dtype, check_finite=False)
-        self.params[name] = value
-        self.grads[name] = np.zeros_like(value)
+        own["_params"][name] = value
+        own["_grads"][name] = np.zeros_like(value)
 
     def add_buffer(self, name: str, value) -> None:
         """Register a saved, non-trainable array: ``buffers[name]`` = value in the layer's dtype (no gradient).
@@ -184,13 +341,14 @@ class Layer:
         never by an optimizer, and are saved and loaded with the model.
         """
         where = self._where("add_buffer")
-        if not isinstance(vars(self).get("buffers"), dict):
+        own = vars(self)
+        if not isinstance(own.get("_buffers"), dict):
             raise TypeError(f"{where}: call super().__init__(dtype) at the start of {type(self).__name__}.__init__")
         if not isinstance(name, str) or not name or "." in name:
             raise ValueError(f"{where}: name must be a non-empty string without '.', got {name!r}"[:290])
-        if name in self.buffers or name in self.params:
+        if name in own["_buffers"] or name in own.get("_params", {}):
             raise ValueError(f"{where}: {name!r} is already registered")
-        self.buffers[name] = as_array(value, name, where, dtype=self.dtype, check_finite=False)
+        own["_buffers"][name] = as_array(value, name, where, dtype=self.dtype, check_finite=False)
 
     def _input(self, x, method: str = "forward", name: str = "x", ndim=None) -> np.ndarray:
         """x as a C-contiguous array in the layer's dtype (float64 -> float32 is converted).
@@ -218,22 +376,18 @@ class Layer:
 
 
 def sublayers(obj: Layer) -> list:
-    """``obj`` and every Layer reachable through its attributes (Sequential.layers, a user block's children), once each."""
-    found = {}
-    stack = [obj]
-    while stack:
-        layer = stack.pop()
-        if id(layer) in found:
-            continue
-        found[id(layer)] = layer
-        for value in vars(layer).values():
-            if isinstance(value, Layer):
-                stack.append(value)
-            elif isinstance(value, (list, tuple)):
-                stack.extend(v for v in value if isinstance(v, Layer))
-            elif isinstance(value, dict):
-                stack.extend(v for v in value.values() if isinstance(v, Layer))
-    return list(found.values())
+    """``obj`` and every layer in its tree (Sequential's layers, a user block's children), parents first."""
+    return [layer for _, layer in walk(obj)]
+
+
+def zero_frozen_grads(layer) -> None:
+    """Zero the gradients of every frozen layer inside ``layer`` (a frozen child of a trainable block)."""
+    if type(layer)._leaf:
+        return
+    for _, node in walk(layer):
+        if not node.trainable:
+            for g in tree_arrays(node, "grads").values():
+                g.fill(0)
 
 
 @contextmanager
