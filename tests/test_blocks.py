@@ -265,7 +265,8 @@ def test_a_file_written_before_layers_had_children_still_loads():
     # written by fastgrad at commit 7bc4aa3 (Dense, BatchNorm1D, Dense, trained two epochs)
     m = fg.load(DATA / "v1-dense-batchnorm.npz")
     assert list(m.params) == ["0.W", "0.b", "1.gamma", "1.beta", "2.W", "2.b"]
-    assert list(m.buffers) == ["1.running_mean", "1.running_var", "1.num_batches_tracked"] or "1.running_mean" in m.buffers
+    assert list(m.buffers) == ["1.running_mean", "1.running_var"]
+    assert np.any(m.buffers["1.running_mean"])  # the trained statistics came from the file, not the zeros of a new layer
     x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
     assert np.array_equal(m.predict(x), np.load(DATA / "v1-dense-batchnorm-predict.npy"))
 
