@@ -2,11 +2,11 @@
 
 Times forward and forward+backward of dense, conv2d, LSTM and softmax on fixed
 S/M/L shapes (``benchmarks/cases.py``), float32 and float64, plus one training
-step of the digits MLP and CNN, for fastgrad, a vectorised NumPy peer and
-PyTorch CPU when installed.  PyTorch is optional and never a dependency of
-fastgrad; to include it::
+step of the digits MLP and CNN, for fastgrad, a vectorised NumPy peer, and
+PyTorch CPU and JAX CPU when installed.  PyTorch and JAX are optional and never
+dependencies of fastgrad; to include them::
 
-    pip install torch==2.13.0
+    pip install torch==2.13.0 jax==0.10.2
 
 Every library runs in its own subprocess (``python -m benchmarks.worker``) with
 the same thread count, because numba's and OpenMP's thread pools spin after a
@@ -51,7 +51,7 @@ from . import report
 from .cases import DTYPES, OPS, all_cases
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBS = ("numpy", "fastgrad", "torch")
+LIBS = ("numpy", "fastgrad", "torch", "jax")
 
 #: (repeats, min_repeats, warmup, budget seconds per timed pass, GEMM repeats).
 #: A full pass times for about ``budget`` seconds (at least min_repeats calls,
@@ -74,7 +74,7 @@ def _child_env(threads: int, extra=None) -> dict:
     """Environment of a worker: every thread pool the same size, the repo importable."""
     env = os.environ.copy()
     for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
+                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "PJRT_NPROC"):  # PJRT_NPROC: XLA's CPU pool
         env[var] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env.update(extra or {})
@@ -172,7 +172,7 @@ def parse_args(argv):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:  # python -m fastgrad bench -- ARGS passes the separator on
         argv = argv[1:]
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description="fastgrad vs NumPy vs PyTorch CPU benchmarks")
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description="fastgrad vs NumPy vs PyTorch CPU vs JAX CPU benchmarks")
     p.add_argument("--quick", action="store_true", help="S and M shapes, few repeats (~1-2 minutes); numbers are noisy")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every library (default: all cores)")
     p.add_argument("--ops", type=lambda s: _csv(s, OPS, "--ops"), default=list(OPS), help=f"comma list of {','.join(OPS)}")
@@ -235,6 +235,7 @@ def main(argv=None) -> int:
             "numpy": _version("numpy"),
             "numba": _version("numba"),
             "torch": _version("torch"),
+            "jax": _version("jax"),
             "argv": list(argv) if argv is not None else sys.argv[1:],
             "rounds": args.rounds,
             "baseline": f"{args.baseline} ({_git_commit(args.baseline)})" if args.baseline else None,

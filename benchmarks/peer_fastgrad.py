@@ -94,11 +94,8 @@ class _Train:
         return [self.model.forward(self.x)]
 
     def fwdbwd(self):
-        self.model.zero_grad()
-        out = self.model.forward(self.x)
-        value = self.loss(out, self.labels)
-        self.model.backward(self.loss.backward())
-        self.opt.step()
+        # zero_grad, forward, loss, backward without the input's dL/dx (backward_params), SGD update
+        value = self.model.train_step(self.x, self.labels, self.loss, self.opt)
         return [value, *self.model.params.values()]
 
 

@@ -9,7 +9,7 @@ Definitions used in every output:
   dtype, measured in the same run in its own process;
 * target: the targets of issues 13 and 14 from ``cases.targets``, "met" / "not met" / "n/a";
 * rounds: a full run times every library ``--rounds`` times, interleaved (numpy,
-  fastgrad, torch, numpy, fastgrad, torch, ...), and reports the median of the
+  fastgrad, torch, jax, numpy, fastgrad, torch, jax, ...), and reports the median of the
   per-round medians, with min-max over every call of every round;
 * before: with ``--baseline DIR`` the fastgrad of another source tree (an older
   commit) is timed in the same rounds, so ``x before`` = its time / today's.
@@ -26,10 +26,11 @@ from pathlib import Path
 
 from .cases import COMPILE_TARGETS, SHAPE_NAMES, targets
 
-PEERS = ("numpy", "torch", "before")
+#: in column order; "before" (with --baseline) comes right after the torch columns
+PEERS = ("numpy", "torch", "before", "jax")
 COLUMNS = (
     "case", "shape", "dtype", "pass", "fastgrad ms", "min-max ms", "GFLOP/s", "% peak",
-    "numpy ms", "x numpy", "torch ms", "x torch", "check", "targets",
+    "numpy ms", "x numpy", "torch ms", "x torch", "jax ms", "x jax", "check", "targets",
 )
 #: the two columns of a run with --baseline, after "x torch"
 BEFORE_COLUMNS = ("before ms", "x before")
@@ -144,6 +145,8 @@ def combine(data: dict) -> list:
             med = r["median_ms"] if r is not None and r.get("status") == "ok" else None
             ratio = med / row["median_ms"] if med is not None and row["median_ms"] else None
             status = _status_text(r) if peer in data.get("libs", {}) or r is not None else "not run"
+            if r is None and str((data.get("libs", {}).get(peer) or {}).get("error") or "").startswith("n/a"):
+                status = "n/a"  # the library is not installed: its worker wrote no rows
             row["peers"][peer] = {"status": status, "median_ms": med, "ratio": ratio}
         for kind, peer, thr in targets(row["op"], row["size"], pass_, dtype):
             if kind == "ratio":
@@ -324,7 +327,7 @@ def write_png(data: dict, path) -> bool:
     height = 0.8 / len(peers)
     fig, ax = plt.subplots(figsize=(9, 1.5 + 0.32 * len(rows)))
     ys = range(len(rows))
-    colors = {"numpy": "#4c72b0", "torch": "#dd8452", "before": "#55a868"}
+    colors = {"numpy": "#4c72b0", "torch": "#dd8452", "before": "#55a868", "jax": "#8172b3"}
     for k, peer in enumerate(peers):
         vals = [r["peers"][peer]["ratio"] or 0.0 for r in rows]
         if not any(vals):

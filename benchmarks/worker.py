@@ -3,7 +3,7 @@
 The parent (:mod:`benchmarks.__main__`) starts one of these per library, because
 numba's and OpenMP's worker threads spin after a parallel region and steal the
 cores from each other when two thread pools live in one process.  The parent
-sets NUMBA_NUM_THREADS / OMP_NUM_THREADS / *BLAS_NUM_THREADS in the environment
+sets NUMBA_NUM_THREADS / OMP_NUM_THREADS / *BLAS_NUM_THREADS / PJRT_NPROC in the environment
 before the start, so every pool has the same size from its first use.
 
 Modes (results are written as JSON to ``--json``, rewritten after every case so
@@ -53,6 +53,8 @@ def _peer(lib: str):
         from . import peer_fastgrad as mod
     elif lib == "torch":
         from . import peer_torch as mod
+    elif lib == "jax":
+        from . import peer_jax as mod
     else:
         raise ValueError(f"unknown library {lib!r}")
     return mod
@@ -276,7 +278,7 @@ def run_compile(args) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.worker", description="one benchmark process (started by python -m benchmarks)")
     mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--lib", choices=["numpy", "fastgrad", "torch"])
+    mode.add_argument("--lib", choices=["numpy", "fastgrad", "torch", "jax"])
     mode.add_argument("--peak", action="store_true")
     mode.add_argument("--compile", choices=["cold", "warm"])
     p.add_argument("--json", required=True)

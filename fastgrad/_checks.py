@@ -107,12 +107,18 @@ def as_array(
         arr = arr.copy()
     if check_finite is None:
         check_finite = _check_finite_default
-    if check_finite and arr.size and not _jit.pick(all_finite, arr.size)(arr.reshape(-1)):
+    if check_finite:
+        check_finite_values(arr, name, where)
+    return arr
+
+
+def check_finite_values(arr: np.ndarray, name: str, where: str) -> None:
+    """Raise ValueError if the C-contiguous float array ``arr`` holds a NaN or Inf (one compiled scan)."""
+    if arr.size and not _jit.pick(all_finite, arr.size)(arr.reshape(-1)):
         raise ValueError(
             f"{where}: {name} contains NaN or Inf (pass check_finite=False or call "
             "fastgrad.set_check_finite(False) to let it propagate)"
         )
-    return arr
 
 
 def as_indices(x, name: str, where: str, *, high: int | None = None) -> np.ndarray:

@@ -64,19 +64,46 @@ class _Scratch:
             buffer = _local.buffer = _Buffer(total)
         buffer.busy = True
         self.buffer = buffer
-        start = buffer.start
-        raw = buffer.bytes
-        views = []
-        for shape, count, size in zip(shapes, counts, sizes):
-            views.append(raw[start:start + count * itemsize].view(dtype).reshape(shape))
-            start += size
-        return views
+        return _carve(buffer, dtype, shapes, counts, sizes)
 
     def __exit__(self, *exc) -> None:
         if self.buffer is not None:
             self.buffer.busy = False
 
 
+def _carve(buffer: _Buffer, dtype, shapes, counts, sizes) -> list:
+    """Views of ``shapes`` laid out one after another in ``buffer``, each on its own cache line."""
+    itemsize = dtype.itemsize
+    start = buffer.start
+    raw = buffer.bytes
+    views = []
+    for shape, count, size in zip(shapes, counts, sizes):
+        views.append(raw[start:start + count * itemsize].view(dtype).reshape(shape))
+        start += size
+    return views
+
+
 def scratch(dtype, *shapes) -> _Scratch:
     """Uninitialised C-contiguous arrays of ``shapes``, reused across calls on this thread (a ``with`` block)."""
     return _Scratch(dtype, shapes)
+
+
+#: Largest scratch a remembered call keeps for itself (bytes): see :func:`owned`.
+OWN_MAX_BYTES = 1 << 20
+
+
+def owned(dtype, *shapes):
+    """Scratch arrays a remembered call keeps across calls (one fresh aligned buffer), or None.
+
+    A training step repeats each call with the same shapes; a call that keeps
+    its scratch skips the pool's bookkeeping on every step.  None when the
+    arrays total more than :data:`OWN_MAX_BYTES`: such calls are long enough to
+    take the pool's (``scratch``) and not pin memory per shape.  The owner
+    must use them from one thread only.
+    """
+    dtype = np.dtype(dtype)
+    counts = [math.prod(s) for s in shapes]
+    sizes = [-(-c * dtype.itemsize // _ALIGN) * _ALIGN for c in counts]
+    if sum(sizes) > OWN_MAX_BYTES:
+        return None
+    return _carve(_Buffer(max(1, sum(sizes))), dtype, shapes, counts, sizes)

@@ -255,8 +255,9 @@ POOL = Op(
                 Source(
                     "pool.max_pool_forward",
                     (
-                        "ih = oh * geo.sh - geo.ph + i", "iw = ow * geo.sw - geo.pw + j", "v = x[n, c, ih, iw]", "best = v",
-                        "bi = ih * W + iw", "y[n, c, oh, ow] = best", "arg[n, c, oh, ow] = bi",
+                        "top = oh * geo.sh - geo.ph", "left = ow * geo.sw - geo.pw", "v = x[n, c, top + i, left + j]",
+                        "take = v > best", "best = v if take else best", "bi = (top + i) * W + left + j if take else bi",
+                        "y[n, c, oh, ow] = best", "arg[n, c, oh, ow] = bi",
                     ),
                 ),
             ),

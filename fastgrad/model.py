@@ -23,6 +23,8 @@ class Sequential(Layer):
     """
 
     _container = True
+    #: True while backward_params runs (the lowest layer then gets backward_params, not backward)
+    _params_only = False
 
     def __init__(self, *layers):
         # no Layer.__init__: params, grads and dtype are derived from the layers
@@ -83,17 +85,27 @@ class Sequential(Layer):
         frozen feature extractor costs no backward pass at all); returns None.
         """
         lowest = next((i for i, layer in enumerate(self.layers) if self.trainable and named_parameters(layer)), len(self.layers))
-        self._backward(dy, lowest)
+        self._params_only = True
+        try:
+            self._backward(dy, lowest)
+        finally:
+            self._params_only = False
 
     def _backward(self, dy, stop):
+        # backward_params (stop > 0 or a model trained from its first layer): the lowest layer's
+        # dL/dx is read by nobody, so it gets backward_params, which may skip computing it
         frozen = not self.trainable
-        for layer in reversed(self.layers[stop:]):
-            dy = layer.backward(dy)
+        for i in range(len(self.layers) - 1, stop - 1, -1):
+            layer = self.layers[i]
+            if i == stop and self._params_only:
+                layer.backward_params(dy)
+            else:
+                dy = layer.backward(dy)
             if frozen or not layer.trainable:
                 layer.zero_grad()
             else:
                 zero_frozen_grads(layer)  # a frozen child inside a block
-        return dy if stop == 0 else None
+        return None if self._params_only else dy
 
     def zero_grad(self):
         for layer in self.layers:

@@ -15,8 +15,35 @@ import warnings
 
 import numpy as np
 
+from . import _jit
 from ._checks import positive_int, real_number
+from .kernels import optim as kopt
 from .layers.base import Layer, own_arrays, walk
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_NO_BUFFER = {dt: np.zeros(0, dt) for dt in _FLOATS}
+#: the compiled entry point of each (twin, dtype) of the update kernels (see _update)
+_ENTRIES: dict = {}
+
+
+def _compiled(*arrays) -> bool:
+    """True when the update kernels can work on these arrays in place (the layers' own always can):
+    float32/float64 of one dtype, C-contiguous, writable.  Anything else takes the NumPy form."""
+    dt = arrays[0].dtype
+    return dt in _FLOATS and all(a.dtype == dt and a.flags.c_contiguous and a.flags.writeable for a in arrays)
+
+
+def _update(k, args) -> None:
+    """Run update kernel k over the flat arrays of args, through the exact overload once it is known."""
+    fn = _jit.pick(k, args[0].size)
+    if not hasattr(fn, "overloads"):  # a locked / dynamic wrapper, or NUMBA_DISABLE_JIT
+        fn(*args)
+        return
+    key = (fn, args[0].dtype)
+    entry = _ENTRIES.get(key)
+    if entry is None:
+        entry = _ENTRIES[key] = _jit.exact(fn, args)
+    entry(*args)
 
 
 def named_parameters(source, trainable_only=True, prefix=""):
@@ -215,25 +242,37 @@ class SGD(Optimizer):
 
     def step(self):
         for name, p, grad in self._items():
-            if not self.weight_decay and not self.momentum:
-                # plain SGD: p -= lr grad, without the copy of grad below
-                p -= p.dtype.type(self.lr) * grad
-                continue
-            g = grad + p * p.dtype.type(self.weight_decay) if self.weight_decay else grad.copy()
+            buf = None
+            first = False
             if self.momentum:
                 st = self.state.get(name)
-                if st is None:
-                    self.state[name] = {"momentum_buffer": g.copy()}
-                    buf = self.state[name]["momentum_buffer"]
-                else:
-                    buf = st["momentum_buffer"]
-                    buf *= p.dtype.type(self.momentum)
-                    buf += g
-                if self.nesterov:
-                    g += p.dtype.type(self.momentum) * buf
-                else:
-                    g = buf
-            p -= p.dtype.type(self.lr) * g
+                first = st is None
+                if first:
+                    st = self.state[name] = {"momentum_buffer": np.empty_like(p)}
+                buf = st["momentum_buffer"]
+            if not _compiled(p, grad, *(() if buf is None else (buf,))):
+                self._step_numpy(p, grad, buf, first)
+                continue
+            dt = p.dtype.type
+            flat = _NO_BUFFER[p.dtype] if buf is None else buf.reshape(-1)
+            args = (p.reshape(-1), grad.reshape(-1), flat, dt(self.lr), dt(self.momentum), dt(self.weight_decay), self.nesterov, first)
+            _update(kopt.sgd_update, args)
+
+    def _step_numpy(self, p, grad, buf, first):
+        """The same rule in NumPy (kernels.optim.sgd_update's twin), for arrays the kernel cannot update in place."""
+        dt = p.dtype.type
+        g = grad + p * dt(self.weight_decay) if self.weight_decay else grad.copy()
+        if buf is not None:
+            if first:
+                buf[...] = g
+            else:
+                buf *= dt(self.momentum)
+                buf += g
+            if self.nesterov:
+                g += dt(self.momentum) * buf
+            else:
+                g = buf
+        p -= dt(self.lr) * g
 
 
 class Adam(Optimizer):
@@ -277,24 +316,35 @@ class Adam(Optimizer):
         bias1 = 1.0 - beta1**self.steps
         bias2_sqrt = math.sqrt(1.0 - beta2**self.steps)
         for name, p, grad in items:
-            dt = p.dtype.type
-            if self.decoupled_weight_decay:
-                # AdamW: the decay acts on the weights, not through the moments (torch: param.mul_(1 - lr * wd))
-                if self.weight_decay:
-                    p *= dt(1.0 - self.lr * self.weight_decay)
-                g = grad
-            else:
-                g = grad + p * dt(self.weight_decay) if self.weight_decay else grad
             st = self.state.get(name)
             if st is None:
                 st = self.state[name] = {"m": np.zeros_like(p), "v": np.zeros_like(p)}
             m, v = st["m"], st["v"]
-            # m.lerp_(g, 1 - beta1) in torch: m + (1 - beta1) (g - m)
-            m += dt(1.0 - beta1) * (g - m)
-            v *= dt(beta2)
-            v += dt(1.0 - beta2) * g * g
-            denom = np.sqrt(v) / dt(bias2_sqrt) + dt(self.eps)
-            p -= dt(self.lr / bias1) * (m / denom)
+            dt = p.dtype.type
+            # AdamW: the decay acts on the weights, not through the moments (torch: param.mul_(1 - lr * wd))
+            decoupled = self.decoupled_weight_decay and self.weight_decay
+            decay = 1.0 - self.lr * self.weight_decay if decoupled else 1.0
+            l2 = 0.0 if self.decoupled_weight_decay else self.weight_decay
+            scalars = (decay, l2, 1.0 - beta1, beta2, 1.0 - beta2, bias2_sqrt, self.eps, self.lr / bias1)
+            if _compiled(p, grad, m, v):
+                rule = kopt.AdamRule(*map(dt, scalars))
+                _update(kopt.adam_update, (p.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1), rule))
+            else:
+                self._step_numpy(p, grad, m, v, *scalars)
+
+    @staticmethod
+    def _step_numpy(p, grad, m, v, decay, l2, one_minus_beta1, beta2, one_minus_beta2, bias2_sqrt, eps, step):
+        """The same rule in NumPy (kernels.optim.adam_update's twin), for arrays the kernel cannot update in place."""
+        dt = p.dtype.type
+        if decay != 1.0:
+            p *= dt(decay)
+        g = grad + p * dt(l2) if l2 else grad
+        # m.lerp_(g, 1 - beta1) in torch: m + (1 - beta1) (g - m)
+        m += dt(one_minus_beta1) * (g - m)
+        v *= dt(beta2)
+        v += dt(one_minus_beta2) * g * g
+        denom = np.sqrt(v) / dt(bias2_sqrt) + dt(eps)
+        p -= dt(step) * (m / denom)
 
 
 class AdamW(Adam):

@@ -81,7 +81,7 @@ def test_flops_and_case_table():
     assert targets("dense", "L", "fwd") == [("peak", "numpy", 85.0)]
     assert targets("lstm", "M", "fwd+bwd", "float64") == [("ratio", "torch", 1.5)]
     assert targets("lstm", "M", "fwd+bwd", "float32") == [("ratio", "torch", 1.0)]
-    assert targets("train_mlp", "S", "fwd+bwd") == [("ratio", "torch", 1.5)] and targets("conv2d", "L", "fwd") == []
+    assert targets("train_mlp", "S", "fwd+bwd") == [("ratio", "torch", 2.0), ("ratio", "jax", 1.0)] and targets("conv2d", "L", "fwd") == []
     quick = parse_args(["--quick"])
     assert quick.sizes == ["S", "M"] and quick.name == "quick" and parse_args([]).name == "latest"
     assert quick.rounds == 1 and parse_args([]).rounds == 3 and parse_args(["--rounds", "5"]).rounds == 5

@@ -522,8 +522,11 @@ def test_frozen_bottom_layers_are_not_run_backward_in_training():
     for layer in model.layers:
         original = layer.backward
         layer.backward = lambda dy, original=original, layer=layer: calls.append(type(layer).__name__) or original(dy)
+        params_only = layer.backward_params
+        layer.backward_params = lambda dy, f=params_only, layer=layer: calls.append(type(layer).__name__ + " params") or f(dy)
     model.fit(x, y, fg.CrossEntropyLoss(), fg.SGD(model, 0.1), epochs=1, batch_size=30, progress=False)
-    assert calls == ["Dense", "Dense"], calls  # only the top Dense, once per batch: nothing below it needs a gradient
+    # only the top Dense, once per batch, and without its dL/dx: nothing below it needs a gradient
+    assert calls == ["Dense params", "Dense params"], calls
     calls.clear()
     model(x[:4])
     model.backward(np.ones((4, 2)))

@@ -7,8 +7,11 @@ functional ops need.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
+from .. import _jit
 from .._checks import as_array
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -77,3 +80,28 @@ def unpack_grads(grads, names: tuple, where: str) -> tuple:
     if all(hasattr(grads, n) for n in names):
         return tuple(getattr(grads, n) for n in names)
     raise TypeError(f"{where}: grads must be a tuple ({', '.join(names)}), got {type(grads).__name__}")
+
+
+class Launch:
+    """One kernel launch of a remembered call: the twin :func:`fastgrad._jit.pick` chooses for
+    ``work``, resolved on first use to the overload for its arguments' exact types
+    (:func:`fastgrad._jit.exact`), so later calls skip the pick and numba's typing."""
+
+    __slots__ = ("kernel", "work", "fn")
+
+    def __init__(self, kernel, work: int):
+        self.kernel = kernel
+        self.work = work
+        self.fn = None
+
+    def __call__(self, *args):
+        fn = self.fn
+        if fn is None:
+            fn = self.fn = _jit.exact(_jit.pick(self.kernel, self.work), args)
+        fn(*args)
+
+
+def call_key(*shape_key) -> tuple:
+    """The memory key of a remembered call: its shapes and flags, the calling thread (which owns the
+    call's scratch) and what pick() reads (the thread count, serial-only after a fork)."""
+    return shape_key + (threading.get_ident(), _jit.pick_state())

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
 
-from .. import _jit
 from .._checks import activation_code, as_array, check_alloc, check_shape
-from .._workspace import scratch
+from .._workspace import owned, scratch
 from ..kernels import activations as kact
 from ..kernels import dense as kdense
 from ..kernels import products
-from .common import EMPTY1, grad_buffer, same_dtype, unpack_grads, upstream
+from .common import EMPTY1, EMPTY2, Launch, call_key, grad_buffer, same_dtype, unpack_grads, upstream
 
 
 class DenseCache(NamedTuple):
@@ -47,14 +47,43 @@ def dense_forward(x, W, b=None, activation="identity", *, check_finite=None):
         same_dtype(b, x, "b", where)
         check_shape(b, (m,), "b", where)
     check_alloc(where, x.dtype, [("y", (N, m)), ("z", (N, m))])
+    return forward_checked(x, W, b, activation, code)
+
+
+def forward_checked(x, W, b, activation: str, code: int):
+    """dense_forward after validation (the Dense layer calls it once it knows its input is valid)."""
+    N, n = x.shape
+    m = W.shape[0]
     z = np.empty((N, m), x.dtype)
     # identity: y is z, one array serves both (sigma' = 1 never reads z's values)
     y = np.empty((N, m), x.dtype) if code != 0 else z
     bias = EMPTY1[x.dtype] if b is None else b
-    plan = products.gemm_plan(N, m, n, x.dtype)
-    with scratch(x.dtype, *[(size,) for size in products.packed_sizes(plan, x.dtype)]) as (ap, bp):
-        _jit.pick(kdense.dense_forward, N * m * n)(y, z, x, W, bias, code, products.Packed(ap, bp), plan)
+    _forward_call(call_key(N, n, m, x.dtype)).run(y, z, x, W, bias, code)
     return y, DenseCache(x, W, b, z, activation)
+
+
+class _ForwardCall:
+    """The forward's product for one (N, n, m, dtype): plan, packing buffers and launch, made once."""
+
+    def __init__(self, N, n, m, dtype):
+        self.dtype = dtype
+        self.plan = products.gemm_plan(N, m, n, dtype)
+        self.sizes = [(size,) for size in products.packed_sizes(self.plan, dtype)]
+        bufs = owned(dtype, *self.sizes)
+        self.packed = None if bufs is None else products.Packed(*bufs)
+        self.launch = Launch(kdense.dense_forward, N * m * n)
+
+    def run(self, y, z, x, W, bias, code):
+        if self.packed is not None:
+            self.launch(y, z, x, W, bias, code, self.packed, self.plan)
+            return
+        with scratch(self.dtype, *self.sizes) as (ap, bp):
+            self.launch(y, z, x, W, bias, code, products.Packed(ap, bp), self.plan)
+
+
+@lru_cache(maxsize=256)
+def _forward_call(key) -> _ForwardCall:
+    return _ForwardCall(*key[:4])
 
 
 def dense_backward(dy, cache: DenseCache, *, check_finite=None):
@@ -76,13 +105,14 @@ def dense_backward_into(grads, dy, cache: DenseCache, *, check_finite=None) -> N
 
     dx (N, n), dW (m, n) and db (m,) (or None when the forward had no bias) are
     writable C-contiguous arrays of the forward's dtype; nothing is allocated
-    for them (the Dense layer passes its own ``grads``).
+    for them (the Dense layer passes its own ``grads``).  dx None: dL/dx is not
+    computed at all (a model's first layer, whose input needs no gradient).
     """
     where = "dense_backward_into"
     _check_cache(cache, where)
     dx, dW, db = unpack_grads(grads, ("dx", "dW", "db"), where)
     dt = cache.x.dtype
-    dx = grad_buffer(dx, "dx", cache.x.shape, dt, where)
+    dx = grad_buffer(dx, "dx", cache.x.shape, dt, where, optional=True)
     dW = grad_buffer(dW, "dW", cache.W.shape, dt, where)
     db = grad_buffer(db, "db", (cache.W.shape[0],), dt, where, optional=True)
     if (db is None) != (cache.b is None):
@@ -102,17 +132,57 @@ def _backward(dx, dW, db, dy, cache: DenseCache, check_finite, where):
     m = W.shape[0]
     code = activation_code(activation, where)
     plans = (products.gemm_plan(N, n, m, x.dtype), products.gemm_plan(m, n, N, x.dtype))  # dx, dW
-    # scratch: dL/dz (unless sigma is the identity) and the packing buffers of both products
     shapes = [(N, m)] if code != 0 else []
     for plan in plans:
         shapes += [(size,) for size in products.packed_sizes(plan, x.dtype)]
     check_alloc(where, x.dtype, [("scratch", (sum(math.prod(s) for s in shapes),))])
-    with scratch(x.dtype, *shapes) as bufs:
+    backward_checked(dx, dW, db, dy, x, W, z, code)
+
+
+def backward_checked(dx, dW, db, dy, x, W, z, code: int) -> None:
+    """_backward after validation: accumulate dx (None: not computed), dW, db (None: no bias)."""
+    N, n = x.shape
+    m = W.shape[0]
+    call = _backward_call(call_key(N, n, m, x.dtype, code != 0, dx is not None))
+    empty = EMPTY1[x.dtype]
+    grads = kdense.DenseGrads(EMPTY2[x.dtype] if dx is None else dx, dW, empty if db is None else db)
+    call.run(grads, dy, x, W, z, code)
+
+
+class _BackwardCall:
+    """The backward for one (N, n, m, dtype, sigma is not the identity, dx wanted): plans, scratch, launches.
+
+    Scratch: dL/dz (unless sigma is the identity) and the packing buffers of both
+    products; without dx its plan is ``products.NO_PRODUCT`` (no work in the launch).
+    """
+
+    def __init__(self, N, n, m, dtype, has_dz, need_dx):
+        self.dtype = dtype
+        self.plans = (products.gemm_plan(N, n, m, dtype) if need_dx else products.NO_PRODUCT, products.gemm_plan(m, n, N, dtype))
+        self.shapes = [(N, m)] if has_dz else []
+        for plan in self.plans:
+            self.shapes += [(size,) for size in products.packed_sizes(plan, dtype)]
+        self.bufs = owned(dtype, *self.shapes)
+        self.dz = Launch(kact.activation_dz, 8 * N * m)
+        self.products = Launch(kdense.dense_backward, N * m * n)
+
+    def run(self, grads, dy, x, W, z, code):
+        if self.bufs is not None:
+            self._run(self.bufs, grads, dy, x, W, z, code)
+            return
+        with scratch(self.dtype, *self.shapes) as bufs:
+            self._run(bufs, grads, dy, x, W, z, code)
+
+    def _run(self, bufs, grads, dy, x, W, z, code):
         if code == 0:
             dz = dy  # identity: sigma' = 1
+            ap_dx, bp_dx, ap_dw, bp_dw = bufs
         else:
-            dz = bufs.pop(0)  # dL/dz = dy * sigma'(z), one element-wise pass
-            _jit.pick(kact.activation_dz, 8 * dz.size)(dz.reshape(-1), dy.reshape(-1), z.reshape(-1), code)
-        grads = kdense.DenseGrads(dx, dW, EMPTY1[x.dtype] if db is None else db)
-        packed = (products.Packed(bufs[0], bufs[1]), products.Packed(bufs[2], bufs[3]))
-        _jit.pick(kdense.dense_backward, N * m * n)(grads, dz, x, W, *packed, *plans)
+            dz, ap_dx, bp_dx, ap_dw, bp_dw = bufs
+            self.dz(dz.reshape(-1), dy.reshape(-1), z.reshape(-1), code)  # dL/dz = dy * sigma'(z), one element-wise pass
+        self.products(grads, dz, x, W, products.Packed(ap_dx, bp_dx), products.Packed(ap_dw, bp_dw), *self.plans)
+
+
+@lru_cache(maxsize=256)
+def _backward_call(key) -> _BackwardCall:
+    return _BackwardCall(*key[:6])

@@ -160,6 +160,11 @@ def _gemm_plan(m: int, n: int, k: int, dtype: np.dtype) -> GemmPlan:
     return GemmPlan(m, n, k, kcb, MR * -(-m_panels // n_ib), nr * -(-n_panels // n_jb))
 
 
+#: The plan of a product nobody reads (dense's dL/dx of a model's input): no packing items, no
+#: tasks, so a kernel that runs two products in one launch runs only the other one.
+NO_PRODUCT = GemmPlan(0, 0, 0, 1, 1, 1)
+
+
 def packed_sizes(plan: GemmPlan, dtype) -> tuple:
     """(size of ap, size of bp) for a plan: A and B zero-padded to MR rows / NR columns, all of k."""
     return _packed_sizes(plan, np.dtype(dtype))

@@ -229,6 +229,15 @@ class Layer:
             f"{type(self).__name__}.backward: a Layer subclass must define backward(dy) -> dL/dx (accumulating into self.grads)"
         )
 
+    def backward_params(self, dy) -> None:
+        """The backward pass without dL/dx: accumulate the parameter gradients only; returns None.
+
+        A model calls it on its lowest trained layer, whose input needs no
+        gradient.  The default runs ``backward`` and drops dx; a layer that can
+        skip computing dx overrides it (Dense saves a third of its backward).
+        """
+        self.backward(dy)
+
     def zero_grad(self) -> None:
         """Fill every gradient with 0: this layer's and its children's."""
         for g in self.grads.values():

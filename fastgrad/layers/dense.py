@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _checks
 from .. import functional as F
 from .._checks import activation_code, positive_int
+from ..functional import dense as FD
 from ..random import init_generator
 from .base import Layer, check_param_sizes, uniform_init
 
@@ -24,6 +26,10 @@ class Dense(Layer):
     float64 input to a float32 layer (and float32 to float64) is converted to
     the layer's dtype.  ``backward`` accumulates into ``grads`` and returns dx.
     """
+
+    #: what the last validated forward / backward saw (see forward); None: validate
+    _seen = None
+    _seen_grads = None
 
     def __init__(self, in_features, out_features, activation="identity", bias=True, dtype=np.float32, seed=None):
         super().__init__(dtype)
@@ -45,6 +51,20 @@ class Dense(Layer):
             self.add_param("b", uniform_init(rng, (self.out_features,), self.in_features, self.dtype))
 
     def forward(self, x):
+        # the remembered fast path: a plain 2-D array of the shape last validated, with the same
+        # parameter arrays, needs no validation again (a training step calls it like that every time)
+        W = self._params["W"]
+        b = self._params.get("b")
+        seen = self._seen
+        if seen is not None and seen[1] is W and seen[2] is b and seen[4] is self.activation and _plain(x, seen[0], W.dtype):
+            if _checks.get_check_finite():
+                _checks.check_finite_values(x, "x", "Dense.forward")
+            y, cache = FD.forward_checked(x, W, b, self.activation, seen[3])
+            self._cache = (cache, seen[0][:-1])
+            return y
+        return self._forward(x)
+
+    def _forward(self, x):
         # N-D input, as torch.nn.Linear: the layer acts on the last axis, the leading axes
         # fold into the batch of the 2-D kernel ((N, T, n) -> (N*T, n), a view) and unfold after
         where = self._where("forward")
@@ -54,20 +74,48 @@ class Dense(Layer):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"{where}: x.shape[{x.ndim - 1}]={x.shape[-1]} does not match in_features={self.in_features}")
         lead = x.shape[:-1]
+        W = self.params["W"]
+        b = self.params.get("b")
         # x was checked above; the parameters are the layer's own (see Layer._input)
-        y, cache = F.dense_forward(
-            x.reshape(-1, self.in_features), self.params["W"], self.params.get("b"), self.activation, check_finite=False
-        )
+        y, cache = F.dense_forward(x.reshape(-1, self.in_features), W, b, self.activation, check_finite=False)
         self._cache = (cache, lead)
+        # remembered for the fast path: this shape passed every check with these parameters
+        self._seen = (x.shape, W, b, activation_code(self.activation, where), self.activation) if x.ndim == 2 else None
         return y.reshape(lead + (self.out_features,))
 
     def backward(self, dy):
+        return self._backward(dy, True)
+
+    def backward_params(self, dy) -> None:
+        """``backward`` without dL/dx: the parameter gradients only (a model's first layer)."""
+        self._backward(dy, False)
+
+    def _backward(self, dy, need_dx):
         cache, lead = self._saved()
+        gW = self._grads["W"]
+        gb = self._grads.get("b")
+        seen = self._seen_grads
+        if (
+            seen is not None
+            and seen[1] is gW
+            and seen[2] is gb
+            and seen[3] is self.activation
+            and cache.z.shape == seen[0]
+            and _plain(dy, seen[0], gW.dtype)
+        ):
+            # as the forward's fast path: everything but dy's values was checked for this shape
+            if _checks.get_check_finite():
+                _checks.check_finite_values(dy, "dy", "Dense.backward")
+            dx = np.zeros_like(cache.x) if need_dx else None
+            FD.backward_checked(dx, gW, gb, dy, cache.x, cache.W, cache.z, seen[4])
+            return None if dx is None else dx.reshape(lead + (self.in_features,))
         dy = self._grad_input(dy, lead + (self.out_features,), self.dtype)
-        dx = np.zeros_like(cache.x)
+        dx = np.zeros_like(cache.x) if need_dx else None
         # the kernel accumulates straight into the layer's grads
         F.dense_backward_into((dx, self.grads["W"], self.grads.get("b")), dy.reshape(cache.z.shape), cache, check_finite=False)
-        return dx.reshape(lead + (self.in_features,))
+        if not lead[1:]:
+            self._seen_grads = (dy.shape, gW, gb, self.activation, activation_code(self.activation, "Dense.backward"))
+        return None if dx is None else dx.reshape(lead + (self.in_features,))
 
     def get_config(self):
         return {
@@ -80,3 +128,8 @@ class Dense(Layer):
 
     def output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.out_features,)
+
+
+def _plain(a, shape: tuple, dtype) -> bool:
+    """``a`` is an ndarray of exactly this shape and dtype that the kernels take as it is (C-contiguous, writable)."""
+    return type(a) is np.ndarray and a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
