@@ -112,6 +112,12 @@ def as_array(
     return arr
 
 
+def is_plain(a, shape: tuple, dtype) -> bool:
+    """``a`` is an ndarray of exactly this shape and dtype that kernels take as it is (C-contiguous,
+    writable): what a layer's remembered fast path accepts without validating again."""
+    return type(a) is np.ndarray and a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+
+
 def check_finite_values(arr: np.ndarray, name: str, where: str) -> None:
     """Raise ValueError if the C-contiguous float array ``arr`` holds a NaN or Inf (one compiled scan)."""
     if arr.size and not _jit.pick(all_finite, arr.size)(arr.reshape(-1)):

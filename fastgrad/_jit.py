@@ -587,12 +587,13 @@ def pick(k: Kernel, work: int):
 
 
 def pick_state() -> tuple:
-    """What :func:`pick` reads besides the work: (numba's thread count, serial-only after a fork).
+    """What :func:`pick` reads besides the work: (numba's thread count, serial-only after a fork,
+    the serial threshold, which the tests and warm-up set to 0 to force every parallel twin).
 
     A call that remembers its picked twin keys the memory on this, so a change
     of ``numba.set_num_threads`` between calls picks again.
     """
-    return numba.get_num_threads(), _serial_only
+    return numba.get_num_threads(), _serial_only, PARALLEL_MIN_WORK
 
 
 def exact(fn, args):

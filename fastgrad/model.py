@@ -8,6 +8,8 @@ import numpy as np
 
 from ._checks import as_array, as_indices, positive_int
 from .layers.base import Layer, evaluating, layer_type, takes_indices, tree_arrays, walk, zero_frozen_grads
+from .fused import DenseStack
+from .fused import eligible as fused_eligible
 from .losses import CrossEntropyLoss, Loss
 from .optim import clip_grad_norm, named_parameters
 from .training import LocalReplicas, train
@@ -25,6 +27,9 @@ class Sequential(Layer):
     _container = True
     #: True while backward_params runs (the lowest layer then gets backward_params, not backward)
     _params_only = False
+    #: the fused step of the last training step's shapes (fastgrad.fused), and the one awaiting its backward
+    _fused = None
+    _fused_pending = None
 
     def __init__(self, *layers):
         # no Layer.__init__: params, grads and dtype are derived from the layers
@@ -220,14 +225,36 @@ class Sequential(Layer):
         if not callable(getattr(optimizer, "step", None)):
             raise TypeError(f"{where}: optimizer must have a step() method, got {type(optimizer).__name__}")
         self.zero_grad()
-        value = loss(self.forward(x), y)
+        value, _ = self._forward_loss(x, y, loss)
         if not math.isfinite(value):
             raise FloatingPointError(f"{where}: loss is {value}; lower the learning rate or check the data")
-        self.backward_params(loss.backward())
+        self._backward_loss(loss)
         if clip_norm is not None:
             clip_grad_norm(optimizer, clip_norm)
         optimizer.step()
         return value
+
+    def _forward_loss(self, x, y, loss) -> tuple:
+        """(loss value, output) of a training step's forward: through a fused DenseStack when this
+        model is one (:mod:`fastgrad.fused`), else layer by layer.  ``_backward_loss`` follows."""
+        stack = self._fused
+        if stack is None or not stack.matches(self, x):
+            stack = self._fused = DenseStack(self, x.shape, x.dtype) if fused_eligible(self, x, loss) else None
+        got = None if stack is None else stack.forward_loss(x, y, loss)
+        self._fused_pending = None if got is None else stack
+        if got is not None:
+            return got
+        out = self.forward(x)
+        return loss(out, y), out
+
+    def _backward_loss(self, loss) -> None:
+        """backward_params of the last ``_forward_loss`` (fused when it was)."""
+        stack = self._fused_pending
+        self._fused_pending = None
+        if stack is not None:
+            stack.backward()
+        else:
+            self.backward_params(loss.backward())
 
     def evaluate(self, x, y, loss, batch_size=256):
         """(mean loss, accuracy or None) over a data set, in batches, in evaluation mode (see predict)."""

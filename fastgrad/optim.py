@@ -146,6 +146,17 @@ class Optimizer:
         self.steps += 1
         return items
 
+    def _flat(self, name: str, arrays: tuple):
+        """Flat views of one parameter's arrays (p, grad, buffers) for the update kernels, or None when a
+        kernel cannot update them in place; remembered per name while the same arrays come back."""
+        memo = self.__dict__.setdefault("_flats", {})
+        got = memo.get(name)
+        if got is not None and len(got[0]) == len(arrays) and all(a is b for a, b in zip(got[0], arrays)):
+            return got[1]
+        flat = tuple(a.reshape(-1) for a in arrays) if _compiled(*arrays) else None
+        memo[name] = (arrays, flat)
+        return flat
+
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """``{"type", "config", "initial_lr", "steps", "state"}``: plain numbers and copies of the buffers.
@@ -241,6 +252,7 @@ class SGD(Optimizer):
         return {**super().check_config(config, where), "momentum": momentum, "nesterov": bool(nesterov), "weight_decay": weight_decay}
 
     def step(self):
+        scalars = {}  # per dtype: lr, momentum, weight_decay as the parameters' dtype
         for name, p, grad in self._items():
             buf = None
             first = False
@@ -250,13 +262,15 @@ class SGD(Optimizer):
                 if first:
                     st = self.state[name] = {"momentum_buffer": np.empty_like(p)}
                 buf = st["momentum_buffer"]
-            if not _compiled(p, grad, *(() if buf is None else (buf,))):
+            flat = self._flat(name, (p, grad) if buf is None else (p, grad, buf))
+            if flat is None:
                 self._step_numpy(p, grad, buf, first)
                 continue
-            dt = p.dtype.type
-            flat = _NO_BUFFER[p.dtype] if buf is None else buf.reshape(-1)
-            args = (p.reshape(-1), grad.reshape(-1), flat, dt(self.lr), dt(self.momentum), dt(self.weight_decay), self.nesterov, first)
-            _update(kopt.sgd_update, args)
+            s = scalars.get(p.dtype)
+            if s is None:
+                dt = p.dtype.type
+                s = scalars[p.dtype] = (dt(self.lr), dt(self.momentum), dt(self.weight_decay), self.nesterov)
+            _update(kopt.sgd_update, (flat[0], flat[1], flat[2] if buf is not None else _NO_BUFFER[p.dtype], *s, first))
 
     def _step_numpy(self, p, grad, buf, first):
         """The same rule in NumPy (kernels.optim.sgd_update's twin), for arrays the kernel cannot update in place."""
@@ -315,22 +329,25 @@ class Adam(Optimizer):
         beta1, beta2 = self.betas
         bias1 = 1.0 - beta1**self.steps
         bias2_sqrt = math.sqrt(1.0 - beta2**self.steps)
+        # AdamW: the decay acts on the weights, not through the moments (torch: param.mul_(1 - lr * wd))
+        decoupled = self.decoupled_weight_decay and self.weight_decay
+        decay = 1.0 - self.lr * self.weight_decay if decoupled else 1.0
+        l2 = 0.0 if self.decoupled_weight_decay else self.weight_decay
+        scalars = (decay, l2, 1.0 - beta1, beta2, 1.0 - beta2, bias2_sqrt, self.eps, self.lr / bias1)
+        rules = {}  # per dtype: the scalars as the parameters' dtype
         for name, p, grad in items:
             st = self.state.get(name)
             if st is None:
                 st = self.state[name] = {"m": np.zeros_like(p), "v": np.zeros_like(p)}
             m, v = st["m"], st["v"]
-            dt = p.dtype.type
-            # AdamW: the decay acts on the weights, not through the moments (torch: param.mul_(1 - lr * wd))
-            decoupled = self.decoupled_weight_decay and self.weight_decay
-            decay = 1.0 - self.lr * self.weight_decay if decoupled else 1.0
-            l2 = 0.0 if self.decoupled_weight_decay else self.weight_decay
-            scalars = (decay, l2, 1.0 - beta1, beta2, 1.0 - beta2, bias2_sqrt, self.eps, self.lr / bias1)
-            if _compiled(p, grad, m, v):
-                rule = kopt.AdamRule(*map(dt, scalars))
-                _update(kopt.adam_update, (p.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1), rule))
-            else:
+            flat = self._flat(name, (p, grad, m, v))
+            if flat is None:
                 self._step_numpy(p, grad, m, v, *scalars)
+                continue
+            rule = rules.get(p.dtype)
+            if rule is None:
+                rule = rules[p.dtype] = kopt.AdamRule(*map(p.dtype.type, scalars))
+            _update(kopt.adam_update, (*flat, rule))
 
     @staticmethod
     def _step_numpy(p, grad, m, v, decay, l2, one_minus_beta1, beta2, one_minus_beta2, bias2_sqrt, eps, step):

@@ -330,6 +330,8 @@ def train(
         seed = replicas.common(initial_seed())
     replicas.broadcast(model)
     backward = getattr(model, "backward_params", model.backward)
+    # a Sequential's step: forward + loss and backward, fused for a stack of Dense layers (fastgrad.fused)
+    forward_loss = getattr(model, "_forward_loss", None)
     # fastgrad optimizers expose the gradients they train; a duck-typed one gets the whole model's clipped
     clip_target = optimizer if hasattr(optimizer, "grads") else model
     context = FitContext(model, optimizer, loss, epochs, initial_epoch, seed, replicas, callbacks, history)
@@ -360,10 +362,15 @@ def train(
             if idx.shape[0]:
                 with replicas.guard():
                     xb, yb = xe[idx], ye[idx]
-                    out = model.forward(xb)
-                    value = loss(out, yb)
-                    if math.isfinite(value):  # a non-finite loss stops training below, on every rank
-                        backward(loss.backward())
+                    if forward_loss is not None:
+                        value, out = forward_loss(xb, yb, loss)
+                        if math.isfinite(value):  # a non-finite loss stops training below, on every rank
+                            model._backward_loss(loss)
+                    else:
+                        out = model.forward(xb)
+                        value = loss(out, yb)
+                        if math.isfinite(value):
+                            backward(loss.backward())
                     if classify:
                         local_correct = int(np.sum(np.argmax(out, axis=1) == yb))
             step_loss, step_correct = replicas.synchronize(idx.shape[0], global_count, 0.0 if value is None else value, local_correct)

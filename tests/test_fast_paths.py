@@ -242,3 +242,133 @@ def test_update_kernels_are_bitwise_the_numpy_rule(make, dtype, rng):
     for k, buffers in opt_fast.state.items():
         for name, buf in buffers.items():
             np.testing.assert_array_equal(buf, opt_slow.state[k][name], err_msg=f"{k}.{name}")
+
+
+# --------------------------------------------------------------------------
+# the fused Dense stack (fastgrad.fused): bitwise the layer-by-layer step
+# --------------------------------------------------------------------------
+
+
+def _layer_by_layer(monkeypatch):
+    import fastgrad.model
+
+    monkeypatch.setattr(fastgrad.model, "fused_eligible", lambda *a: False)
+
+
+def _stack_model(dtype, seed=3):
+    return fg.Sequential(
+        fg.Dense(12, 16, "tanh", dtype=dtype, seed=seed),
+        fg.Dense(16, 8, "relu", bias=False, dtype=dtype, seed=seed + 1),
+        fg.Dense(8, 5, dtype=dtype, seed=seed + 2),
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_fused_steps_are_bitwise_the_layer_by_layer_steps(dtype, nthreads, threads, monkeypatch, rng):
+    x = rng.standard_normal((6, 12)).astype(dtype)
+    y = rng.integers(0, 5, 6)
+
+    def run(momentum):
+        model = _stack_model(dtype)
+        opt = fg.SGD(model, 0.1, momentum=momentum)
+        loss = fg.CrossEntropyLoss()
+        values = [model.train_step(x, y, loss, opt) for _ in range(3)]
+        return model, values, loss.backward()
+
+    fused, fused_values, fused_grad = threads(nthreads, lambda: run(0.9))
+    assert fused._fused is not None  # the stack ran
+    with monkeypatch.context() as m:
+        _layer_by_layer(m)
+        plain, plain_values, plain_grad = threads(nthreads, lambda: run(0.9))
+        assert plain._fused is None
+    assert fused_values == plain_values
+    np.testing.assert_array_equal(fused_grad, plain_grad)
+    for name in plain.params:
+        np.testing.assert_array_equal(fused.params[name], plain.params[name], err_msg=name)
+        np.testing.assert_array_equal(fused.grads[name], plain.grads[name], err_msg=name)
+    # the layers' caches are the forward's: a later model.backward gives dL/dx as after the plain step
+    dy = rng.standard_normal((6, 5)).astype(dtype)
+    np.testing.assert_array_equal(fused.backward(dy), plain.backward(dy))
+
+
+def test_fused_fit_is_bitwise_the_layer_by_layer_fit(monkeypatch, rng):
+    x = rng.standard_normal((50, 12))
+    y = rng.integers(0, 5, 50)
+
+    def run():
+        model = _stack_model(np.float64)
+        history = model.fit(x, y, fg.CrossEntropyLoss(), fg.Adam(model, 1e-2), epochs=2, batch_size=16, progress=False)
+        return model, history
+
+    fused, h1 = run()
+    assert fused._fused is not None
+    with monkeypatch.context() as m:
+        _layer_by_layer(m)
+        plain, h2 = run()
+    assert h1["loss"] == h2["loss"] and h1["accuracy"] == h2["accuracy"]
+    for name in plain.params:
+        np.testing.assert_array_equal(fused.params[name], plain.params[name], err_msg=name)
+
+
+def test_fused_steps_raise_the_layers_errors(monkeypatch, rng):
+    x = rng.standard_normal((6, 12)).astype(np.float32)
+    y = rng.integers(0, 5, 6)
+    errors = []
+    for fused in (True, False):
+        with monkeypatch.context() as m:
+            if not fused:
+                _layer_by_layer(m)
+            got = []
+            model = _stack_model(np.float32)
+            opt = fg.SGD(model, 0.1)
+            loss = fg.CrossEntropyLoss()
+            model.train_step(x, y, loss, opt)
+            bad = x.copy()
+            bad[2, 3] = np.nan
+            cases = [
+                lambda: model.train_step(bad, y, loss, opt),  # the first layer's input
+                lambda: model.train_step(x, np.full(6, 7), loss, opt),  # labels out of range
+                lambda: model.train_step(x, y[:5], loss, opt),  # labels of another length
+            ]
+            for case in cases:
+                with pytest.raises((ValueError, TypeError)) as info:
+                    case()
+                got.append((type(info.value), str(info.value)))
+            model.layers[1].params["W"][0, 0] = np.inf  # layer 1's output, layer 2's input, is not finite
+            with pytest.raises(ValueError) as info:
+                model.train_step(x, y, loss, opt)
+            got.append((type(info.value), str(info.value)))
+            errors.append(got)
+            assert (model._fused is not None) == fused
+    assert errors[0] == errors[1]
+    assert "Dense.forward: x contains NaN or Inf" in errors[0][0][1]
+    assert "labels must be in [0, 5)" in errors[0][1][1]
+
+
+def test_models_the_stack_does_not_cover_take_the_layers(rng):
+    x = rng.standard_normal((6, 12)).astype(np.float32)
+    y = rng.integers(0, 5, 6)
+    loss = fg.CrossEntropyLoss()
+    with_activation = fg.Sequential(fg.Dense(12, 8, seed=0), fg.Activation("relu"), fg.Dense(8, 5, seed=1))
+    frozen = _stack_model(np.float32)
+    frozen.layers[0].trainable = False
+    patched = _stack_model(np.float32)
+    calls = []
+    original = patched.layers[2].forward
+    patched.layers[2].forward = lambda v: calls.append(1) or original(v)
+    for model in (with_activation, frozen, patched):
+        model.train_step(x, y, loss, fg.SGD(model, 0.1))
+        assert model._fused is None
+    assert calls == [1]
+    mse = _stack_model(np.float32)
+    mse.train_step(x, np.zeros((6, 5), np.float32), fg.MSELoss(), fg.SGD(mse, 0.1))
+    assert mse._fused is None
+    # a parameter replaced between steps is the one the next step trains
+    model = _stack_model(np.float32)
+    opt = fg.SGD(model, 0.1)
+    model.train_step(x, y, loss, opt)
+    new_W = np.zeros_like(model.layers[2].params["W"])
+    model.layers[2].params["W"] = new_W
+    model.train_step(x, y, loss, fg.SGD(model, 0.1))
+    assert np.any(new_W) and model._fused.arrays.W[2] is new_W

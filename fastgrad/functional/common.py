@@ -8,6 +8,7 @@ functional ops need.
 from __future__ import annotations
 
 import threading
+from functools import lru_cache
 
 import numpy as np
 
@@ -105,3 +106,21 @@ def call_key(*shape_key) -> tuple:
     """The memory key of a remembered call: its shapes and flags, the calling thread (which owns the
     call's scratch) and what pick() reads (the thread count, serial-only after a fork)."""
     return shape_key + (threading.get_ident(), _jit.pick_state())
+
+
+#: every memory of remembered calls (see :func:`remembered`)
+_MEMORIES: list = []
+
+
+def remembered(build):
+    """``build(key)`` remembered per key (a :func:`call_key`): the calls a training step repeats, made once."""
+    memory = lru_cache(maxsize=256)(build)
+    _MEMORIES.append(memory)
+    return memory
+
+
+def forget_calls() -> None:
+    """Drop every remembered call, so the next calls pick their kernels again (a tool that wraps
+    ``_jit.pick`` to watch the launches, such as benchmarks.overhead, calls it before and after)."""
+    for memory in _MEMORIES:
+        memory.cache_clear()

@@ -21,18 +21,16 @@ the forward; the padded x, a wide dL/dz and a wide dx in the backward.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
 
-from .. import _jit
 from .._checks import activation_code, as_array, check_alloc, positive_int
 from ..kernels import activations as kact
 from ..kernels import conv as kconv
 from ..kernels.conv import ConvGeometry
 from ..kernels.products import MR
-from .common import NO_BIAS3, grad_buffer, same_dtype, unpack_grads, upstream
+from .common import NO_BIAS3, Launch, call_key, grad_buffer, remembered, same_dtype, unpack_grads, upstream
 from .geometry import conv_geometry, conv_out_shape
 
 
@@ -93,23 +91,53 @@ def conv_forward(x, K, B=None, stride=1, padding=0, dilation=1, groups=1, activa
                 f"{where}: B must have shape ({geo.M},) (tied) or {(geo.M,) + full_out[2:]} (untied bias maps), got {B.shape}"
             )
     check_alloc(where, x.dtype, [("y", full_out), ("z", full_out)])
+    return forward_checked(x, K, B, B3, geo, activation, code, nd)
+
+
+def forward_checked(x, K, B, B3, geo: ConvGeometry, activation: str, code: int, nd: int):
+    """conv_forward after validation (the Conv layers call it once they know their input is valid).
+
+    B3 is the bias as (M, 1, 1) tied or (M, Ho, Wo) untied, None without bias.
+    """
     x4 = x.reshape(geo.N, geo.C, geo.H, geo.W)
     K4 = K.reshape(geo.M, geo.Cg, geo.kh, geo.kw)
     z = np.empty((geo.N, geo.M, geo.Ho, geo.Wo), x.dtype)
     # identity: y is z, one array serves both (sigma' = 1 never reads z)
     y = z if code == 0 else np.empty_like(z)
-    work = z.size * geo.Cg * geo.kh * geo.kw
     bias = NO_BIAS3[x.dtype] if B3 is None else B3
+    launch = _launches(call_key(geo, x.dtype))
     xp = None
     if geo.sh == 1 and geo.sw == 1:  # stride 1: long contiguous loops over wide planes (kernels.conv)
         xp = pad_wide(x4, geo)
         zw = np.empty((geo.N, geo.M, geo.Lz), x.dtype)
         wp = pack_rows(K4.reshape(geo.groups, geo.Mg, -1))
-        _jit.pick(kconv.conv_forward_s1, work)(y, z, xp, wp, bias, geo, code, zw, forward_offsets(geo))
+        launch.forward(y, z, xp, wp, bias, geo, code, zw, launch.forward_offsets)
     else:
-        _jit.pick(kconv.conv_forward, work)(y, z, x4, K4, bias, geo, code)
+        launch.forward(y, z, x4, K4, bias, geo, code)
     cache = ConvCache(x4, K4, B3, z, geo, activation, nd, x.shape, K.shape, None if B is None else B.shape, xp)
-    return y.reshape(full_out), cache
+    return y.reshape(conv_out_shape(geo, nd)), cache
+
+
+class _Launches:
+    """The kernel launches of one geometry and dtype (stride 1: the wide-layout kernels and their tap
+    tables), made once: a training step asks for the same geometry every call."""
+
+    def __init__(self, geo: ConvGeometry):
+        if geo.sh == 1 and geo.sw == 1:
+            self.forward_offsets = forward_offsets(geo)
+            self.forward_taps = forward_taps(geo)
+            self.data_offsets = data_offsets(geo)
+        work = geo.N * geo.M * geo.Ho * geo.Wo * geo.Cg * geo.kh * geo.kw
+        wide = geo.sh == 1 and geo.sw == 1
+        self.forward = Launch(kconv.conv_forward_s1 if wide else kconv.conv_forward, work)
+        self.dz = Launch(kact.activation_dz, 8 * geo.N * geo.M * geo.Ho * geo.Wo)
+        self.filter = Launch(kconv.conv_backward_filter_s1 if wide else kconv.conv_backward_filter, work)
+        self.data = Launch(kconv.conv_backward_data_s1 if wide else kconv.conv_backward_data, work)
+
+
+@remembered
+def _launches(key) -> _Launches:
+    return _Launches(key[0])
 
 
 def conv_backward(dy, cache: ConvCache, *, check_finite=None):
@@ -154,28 +182,32 @@ def _check_cache(cache, where: str) -> None:
 
 def _backward(dx, dK, dB, dy, cache: ConvCache, check_finite, where):
     """Accumulate into dx, dK, dB (the user's shapes; dB None without bias)."""
-    x, K, _B3, z, geo, activation = cache[:6]
-    dy = upstream(dy, cache.out_shape, x.dtype, where, check_finite)
+    dy = upstream(dy, cache.out_shape, cache.x.dtype, where, check_finite)
+    backward_checked(dx, dK, dB, dy, cache, activation_code(cache.activation, where))
+
+
+def backward_checked(dx, dK, dB, dy, cache: ConvCache, code: int) -> None:
+    """_backward after validation: dy of the forward output's shape, the grads of the user's shapes."""
+    x, K, _B3, z, geo = cache[:5]
     dy4 = dy.reshape(z.shape)
-    code = activation_code(activation, where)
+    launch = _launches(call_key(geo, x.dtype))
     if code == 0:
         dz = dy4
     else:
         dz = np.empty_like(z)
-        _jit.pick(kact.activation_dz, 8 * z.size)(dz.reshape(-1), dy4.reshape(-1), z.reshape(-1), code)
+        launch.dz(dz.reshape(-1), dy4.reshape(-1), z.reshape(-1), code)
     dx4 = dx.reshape(x.shape)
     dK4 = dK.reshape(K.shape)
     dB3 = NO_BIAS3[x.dtype] if dB is None else dB.reshape(cache.B.shape)
-    work = z.size * geo.Cg * geo.kh * geo.kw
     if geo.sh == 1 and geo.sw == 1:  # stride 1: long contiguous loops over wide planes (kernels.conv)
         dzw = widen_dz(dz, geo)
-        _jit.pick(kconv.conv_backward_filter_s1, work)(dK4.reshape(geo.M, -1), dB3, dz, dzw, cache.xp, geo, forward_taps(geo))
+        launch.filter(dK4.reshape(geo.M, -1), dB3, dz, dzw, cache.xp, geo, launch.forward_taps)
         dxw = np.empty((geo.N, geo.C, geo.Qr), x.dtype)
         kt = pack_rows(filters_by_input(K, geo).reshape(geo.groups, geo.Cg, -1))
-        _jit.pick(kconv.conv_backward_data_s1, work)(dx4, dzw, kt, geo, dxw, data_offsets(geo))
+        launch.data(dx4, dzw, kt, geo, dxw, launch.data_offsets)
     else:
-        _jit.pick(kconv.conv_backward_filter, work)(dK4, dB3, dz, x, geo)
-        _jit.pick(kconv.conv_backward_data, work)(dx4, dz, K, geo)
+        launch.filter(dK4, dB3, dz, x, geo)
+        launch.data(dx4, dz, K, geo)
 
 
 # --------------------------------------------------------------------------
@@ -205,7 +237,6 @@ def _offsets(geo: ConvGeometry) -> np.ndarray:
     return ki * (geo.dil_h * geo.Wp) + kj * geo.dil_w
 
 
-@lru_cache(maxsize=64)
 def forward_taps(geo: ConvGeometry) -> np.ndarray:
     """The forward's tap table (Cg kh kw, 2): row (c kh + ki) kw + kj = (c, offset of (ki, kj))."""
     offsets = _offsets(geo)
@@ -215,14 +246,12 @@ def forward_taps(geo: ConvGeometry) -> np.ndarray:
     return taps.reshape(-1, 2)
 
 
-@lru_cache(maxsize=64)
 def forward_offsets(geo: ConvGeometry) -> np.ndarray:
     """The forward's tap offsets (Cg kh kw,): term (c kh + ki) kw + kj at c PS + ki dil_h Wp + kj dil_w."""
     offsets = _offsets(geo)
     return (np.arange(geo.Cg, dtype=np.int64)[:, None] * geo.PS + offsets[None, :]).reshape(-1)
 
 
-@lru_cache(maxsize=64)
 def data_offsets(geo: ConvGeometry) -> np.ndarray:
     """dL/dX's tap offsets (Mg kh kw,): term (k kh + ki) kw + kj at k LD + front - (ki dil_h Wp + kj dil_w)."""
     offsets = _offsets(geo)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -13,7 +12,7 @@ from .._workspace import owned, scratch
 from ..kernels import activations as kact
 from ..kernels import dense as kdense
 from ..kernels import products
-from .common import EMPTY1, EMPTY2, Launch, call_key, grad_buffer, same_dtype, unpack_grads, upstream
+from .common import EMPTY1, EMPTY2, Launch, call_key, grad_buffer, remembered, same_dtype, unpack_grads, upstream
 
 
 class DenseCache(NamedTuple):
@@ -81,7 +80,7 @@ class _ForwardCall:
             self.launch(y, z, x, W, bias, code, products.Packed(ap, bp), self.plan)
 
 
-@lru_cache(maxsize=256)
+@remembered
 def _forward_call(key) -> _ForwardCall:
     return _ForwardCall(*key[:4])
 
@@ -183,6 +182,6 @@ class _BackwardCall:
         self.products(grads, dz, x, W, products.Packed(ap_dx, bp_dx), products.Packed(ap_dw, bp_dw), *self.plans)
 
 
-@lru_cache(maxsize=256)
+@remembered
 def _backward_call(key) -> _BackwardCall:
     return _BackwardCall(*key[:6])

@@ -101,7 +101,7 @@ def cross_entropy(logits, target, *, reduction="mean", check_finite=None):
     scale = logits.dtype.type(1.0 / N if reduction == "mean" else 1.0)
     losses = np.empty(N, logits.dtype)
     dlogits = np.empty_like(logits)
-    labels = _labels_or_none(target, N, C, where)
+    labels = labels_or_none(target, N, C, where)
     if labels is not None:
         _jit.pick(ksoftmax.cross_entropy_labels, 16 * logits.size)(losses, dlogits, logits, labels, scale)
     else:
@@ -115,7 +115,7 @@ def cross_entropy(logits, target, *, reduction="mean", check_finite=None):
     return loss, dlogits
 
 
-def _labels_or_none(target, N: int, C: int, where: str):
+def labels_or_none(target, N: int, C: int, where: str):
     """int64 labels if ``target`` holds integer class labels, else None (probabilities)."""
     if target is None:
         raise TypeError(f"{where}: target must be int labels (N,) or probabilities (N, C), got None")

@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import _checks
 from .. import functional as F
-from .._checks import activation_code, positive_int
+from .._checks import activation_code, is_plain, positive_int
 from ..functional import dense as FD
 from ..random import init_generator
 from .base import Layer, check_param_sizes, uniform_init
@@ -56,7 +56,7 @@ class Dense(Layer):
         W = self._params["W"]
         b = self._params.get("b")
         seen = self._seen
-        if seen is not None and seen[1] is W and seen[2] is b and seen[4] is self.activation and _plain(x, seen[0], W.dtype):
+        if seen is not None and seen[1] is W and seen[2] is b and seen[4] is self.activation and is_plain(x, seen[0], W.dtype):
             if _checks.get_check_finite():
                 _checks.check_finite_values(x, "x", "Dense.forward")
             y, cache = FD.forward_checked(x, W, b, self.activation, seen[3])
@@ -101,7 +101,7 @@ class Dense(Layer):
             and seen[2] is gb
             and seen[3] is self.activation
             and cache.z.shape == seen[0]
-            and _plain(dy, seen[0], gW.dtype)
+            and is_plain(dy, seen[0], gW.dtype)
         ):
             # as the forward's fast path: everything but dy's values was checked for this shape
             if _checks.get_check_finite():
@@ -128,8 +128,3 @@ class Dense(Layer):
 
     def output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.out_features,)
-
-
-def _plain(a, shape: tuple, dtype) -> bool:
-    """``a`` is an ndarray of exactly this shape and dtype that the kernels take as it is (C-contiguous, writable)."""
-    return type(a) is np.ndarray and a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
