@@ -372,3 +372,60 @@ def test_models_the_stack_does_not_cover_take_the_layers(rng):
     model.layers[2].params["W"] = new_W
     model.train_step(x, y, loss, fg.SGD(model, 0.1))
     assert np.any(new_W) and model._fused.arrays.W[2] is new_W
+
+
+# --------------------------------------------------------------------------
+# Conv layers: the remembered path and backward_params
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_fast_path_is_bitwise_the_validating_path_and_keeps_the_checks(stride, rng):
+    layer = fg.Conv2D(2, 3, 3, stride=stride, padding=1, activation="relu", dtype=np.float64, seed=4)
+    x = rng.standard_normal((2, 2, 6, 5))
+    y_ref, cache = F.conv_forward(x, layer.params["K"], layer.params["B"], stride, 1, activation="relu")
+    dy = rng.standard_normal(y_ref.shape)
+    dx_ref, dK_ref, dB_ref = F.conv_backward(dy, cache)
+    for call in range(3):
+        layer.zero_grad()
+        np.testing.assert_array_equal(layer.forward(x), y_ref)
+        np.testing.assert_array_equal(layer.backward(dy), dx_ref)
+        np.testing.assert_array_equal(layer.grads["K"], dK_ref)
+        np.testing.assert_array_equal(layer.grads["B"], dB_ref)
+    assert layer._seen is not None and layer._seen_grads is not None
+    bad = x.copy()
+    bad[0, 1, 2, 2] = np.inf
+    with pytest.raises(ValueError, match=r"Conv2D\.forward: x contains NaN or Inf"):
+        layer.forward(bad)
+    with pytest.raises(ValueError, match=r"x\.shape\[1\]=3 does not match in_channels=2"):
+        layer.forward(rng.standard_normal((2, 3, 6, 5)))
+    layer.forward(x)
+    with pytest.raises(ValueError, match="dy must have shape"):
+        layer.backward(dy[:1])
+    layer.zero_grad()
+    assert layer.backward_params(dy) is None  # dK and dB without dL/dx, bitwise those of backward
+    np.testing.assert_array_equal(layer.grads["K"], dK_ref)
+    np.testing.assert_array_equal(layer.grads["B"], dB_ref)
+    dK = np.zeros_like(dK_ref)
+    dB = np.zeros_like(dB_ref)
+    F.conv_backward_into((None, dK, dB), dy, cache)
+    np.testing.assert_array_equal(dK, dK_ref)
+    np.testing.assert_array_equal(dB, dB_ref)
+
+
+def test_cnn_backward_params_gives_the_gradients_of_backward(rng):
+    def cnn():
+        return fg.Sequential(
+            fg.Conv2D(1, 4, 3, padding=1, activation="relu", dtype=np.float64, seed=0), fg.MaxPool2D(2),
+            fg.Flatten(), fg.Dense(16, 3, dtype=np.float64, seed=1),
+        )
+
+    x = rng.standard_normal((5, 1, 4, 4))
+    dy = rng.standard_normal((5, 3))
+    a, b = cnn(), cnn()
+    a.forward(x)
+    a.backward(dy)
+    b.forward(x)
+    b.backward_params(dy)
+    for name in a.grads:
+        np.testing.assert_array_equal(a.grads[name], b.grads[name], err_msg=name)

@@ -159,13 +159,13 @@ def conv_backward_into(grads, dy, cache: ConvCache, *, check_finite=None) -> Non
 
     dx, dK and dB have the shapes of the forward's x, K and B (dB None when
     there was no bias): writable C-contiguous arrays of the forward's dtype
-    (the Conv layers pass their own ``grads``).
+    (the Conv layers pass their own ``grads``).  dx None: dL/dX is not computed.
     """
     where = "conv_backward_into"
     _check_cache(cache, where)
     dx, dK, dB = unpack_grads(grads, ("dx", "dK", "dB"), where)
     dt = cache.x.dtype
-    dx = grad_buffer(dx, "dx", cache.x_shape, dt, where)
+    dx = grad_buffer(dx, "dx", cache.x_shape, dt, where, optional=True)
     dK = grad_buffer(dK, "dK", cache.K_shape, dt, where)
     if cache.B is None:
         if dB is not None:
@@ -187,7 +187,10 @@ def _backward(dx, dK, dB, dy, cache: ConvCache, check_finite, where):
 
 
 def backward_checked(dx, dK, dB, dy, cache: ConvCache, code: int) -> None:
-    """_backward after validation: dy of the forward output's shape, the grads of the user's shapes."""
+    """_backward after validation: dy of the forward output's shape, the grads of the user's shapes.
+
+    dx None: dL/dX is not computed (a model's first layer, whose input needs no gradient).
+    """
     x, K, _B3, z, geo = cache[:5]
     dy4 = dy.reshape(z.shape)
     launch = _launches(call_key(geo, x.dtype))
@@ -196,18 +199,19 @@ def backward_checked(dx, dK, dB, dy, cache: ConvCache, code: int) -> None:
     else:
         dz = np.empty_like(z)
         launch.dz(dz.reshape(-1), dy4.reshape(-1), z.reshape(-1), code)
-    dx4 = dx.reshape(x.shape)
     dK4 = dK.reshape(K.shape)
     dB3 = NO_BIAS3[x.dtype] if dB is None else dB.reshape(cache.B.shape)
     if geo.sh == 1 and geo.sw == 1:  # stride 1: long contiguous loops over wide planes (kernels.conv)
         dzw = widen_dz(dz, geo)
         launch.filter(dK4.reshape(geo.M, -1), dB3, dz, dzw, cache.xp, geo, launch.forward_taps)
-        dxw = np.empty((geo.N, geo.C, geo.Qr), x.dtype)
-        kt = pack_rows(filters_by_input(K, geo).reshape(geo.groups, geo.Cg, -1))
-        launch.data(dx4, dzw, kt, geo, dxw, launch.data_offsets)
+        if dx is not None:
+            dxw = np.empty((geo.N, geo.C, geo.Qr), x.dtype)
+            kt = pack_rows(filters_by_input(K, geo).reshape(geo.groups, geo.Cg, -1))
+            launch.data(dx.reshape(x.shape), dzw, kt, geo, dxw, launch.data_offsets)
     else:
         launch.filter(dK4, dB3, dz, x, geo)
-        launch.data(dx4, dz, K, geo)
+        if dx is not None:
+            launch.data(dx.reshape(x.shape), dz, K, geo)
 
 
 # --------------------------------------------------------------------------

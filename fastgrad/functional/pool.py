@@ -11,11 +11,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import _jit
 from .._checks import as_array, check_alloc
 from ..kernels import pool as kpool
 from ..kernels.pool import PoolGeometry
-from .common import grad_buffer, unpack_grads, upstream
+from .common import Launch, call_key, grad_buffer, remembered, unpack_grads, upstream
 from .geometry import pool_geometry
 
 
@@ -75,16 +74,40 @@ def _forward(kind, x, kernel_size, stride, padding, check_finite, where):
     geo = pool_geometry(x.shape, kernel_size, stride, padding, where)
     full_out = x.shape[:2] + ((geo.Wo,) if x.ndim == 3 else (geo.Ho, geo.Wo))
     check_alloc(where, x.dtype, [("y", full_out)])
+    return forward_checked(kind, x, geo)
+
+
+def forward_checked(kind: str, x, geo: PoolGeometry):
+    """The pooling forward after validation (the pooling layers call it once they know their input)."""
     x4 = x.reshape(geo.N, geo.C, geo.H, geo.W)
     y = np.empty((geo.N, geo.C, geo.Ho, geo.Wo), x.dtype)
-    work = y.size * geo.kh * geo.kw
+    launch = _launches(call_key(geo, kind, x.dtype))
     if kind == "max":
         arg = np.empty(y.shape, np.int64)
-        _jit.pick(kpool.max_pool_forward, work)(y, arg, x4, geo)
+        launch.forward(y, arg, x4, geo)
     else:
         arg = None
-        _jit.pick(kpool.avg_pool_forward, work)(y, x4, geo)
+        launch.forward(y, x4, geo)
+    full_out = x.shape[:2] + ((geo.Wo,) if x.ndim == 3 else (geo.Ho, geo.Wo))
     return y.reshape(full_out), PoolCache(x.shape, x.dtype, geo, arg, kind)
+
+
+class _Launches:
+    """The forward and backward launches of one geometry and kind, made once."""
+
+    def __init__(self, geo: PoolGeometry, kind: str):
+        out = geo.N * geo.C * geo.Ho * geo.Wo
+        if kind == "max":
+            self.forward = Launch(kpool.max_pool_forward, out * geo.kh * geo.kw)
+            self.backward = Launch(kpool.max_pool_backward, out)
+        else:
+            self.forward = Launch(kpool.avg_pool_forward, out * geo.kh * geo.kw)
+            self.backward = Launch(kpool.avg_pool_backward, out * geo.kh * geo.kw)
+
+
+@remembered
+def _launches(key) -> _Launches:
+    return _Launches(key[0], key[1])
 
 
 def _check_cache(cache, kind, where):
@@ -106,11 +129,17 @@ def _backward_into(grads, dy, cache, kind, where, check_finite):
 
 
 def _backward(dx, dy, cache, where, check_finite):
-    geo = cache.geo
     dy = upstream(dy, cache.out_shape, cache.dtype, where, check_finite)
+    backward_checked(dx, dy, cache)
+
+
+def backward_checked(dx, dy, cache: PoolCache) -> None:
+    """The pooling backward after validation: accumulate into dx."""
+    geo = cache.geo
     dx4 = dx.reshape(geo.N, geo.C, geo.H, geo.W)
     dy4 = dy.reshape(geo.N, geo.C, geo.Ho, geo.Wo)
+    launch = _launches(call_key(geo, cache.kind, cache.dtype))
     if cache.kind == "max":
-        _jit.pick(kpool.max_pool_backward, dy.size)(dx4, dy4, cache.arg, geo)
+        launch.backward(dx4, dy4, cache.arg, geo)
     else:
-        _jit.pick(kpool.avg_pool_backward, dy.size * geo.kh * geo.kw)(dx4, dy4, geo)
+        launch.backward(dx4, dy4, geo)

@@ -115,6 +115,13 @@ class _ConvND(Layer):
         return y
 
     def backward(self, dy):
+        return self._backward(dy, True)
+
+    def backward_params(self, dy) -> None:
+        """``backward`` without dL/dx: dK and dB only (a model's first layer)."""
+        self._backward(dy, False)
+
+    def _backward(self, dy, need_dx):
         cache = self._saved()
         gK = self._grads["K"]
         gB = self._grads.get("B")
@@ -129,11 +136,11 @@ class _ConvND(Layer):
         ):
             if _checks.get_check_finite():
                 _checks.check_finite_values(dy, "dy", self._where("backward"))
-            dx = np.zeros(cache.x_shape, cache.x.dtype)
+            dx = np.zeros(cache.x_shape, cache.x.dtype) if need_dx else None
             FC.backward_checked(dx, gK, gB, dy, cache, seen[5])
             return dx
         dy = self._grad_input(dy, cache.out_shape, self.dtype)
-        dx = np.zeros_like(cache.x).reshape(cache.x_shape)
+        dx = np.zeros(cache.x_shape, cache.x.dtype) if need_dx else None
         # the kernels accumulate straight into the layer's grads
         F.conv_backward_into((dx, self.grads["K"], self.grads.get("B")), dy, cache, check_finite=False)
         self._seen_grads = (dy.shape, gK, gB, self.activation, cache.geo, activation_code(self.activation, "backward"))
