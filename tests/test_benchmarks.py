@@ -1,6 +1,7 @@
 """Smoke test of the benchmark instrument (benchmarks/): peers agree, writers write, README block.
 
-Fast (tiny shapes, in-process, no subprocesses); needs neither torch nor matplotlib.
+Fast (tiny shapes, in-process, no subprocesses); needs no matplotlib, and torch only for the
+LSTM step guard (tests/needs.py: a failure under CI, where the test extra installs it).
 """
 
 import json
@@ -12,6 +13,7 @@ from benchmarks import peer_fastgrad, peer_numpy, report, worker
 from benchmarks.__main__ import parse_args
 from benchmarks.cases import OPS, Case, all_cases, flops, make_inputs, targets
 from benchmarks.update_readme import END, START, replace_block, update_readme
+from needs import needs
 
 TINY = [
     Case("dense", "T", (4, 8, 5)),
@@ -171,3 +173,18 @@ def test_update_readme_replaces_only_the_block(tmp_path):
         replace_block("no markers here", "x")
     with pytest.raises(ValueError):
         replace_block(f"{END}\n{START}", "x")
+
+
+@pytest.mark.parametrize("case", ["row-LSTM", "char-LM"])
+def test_lstm_steps_agree_with_pytorch_after_two_sgd_steps(case):
+    # the LSTM step benchmark's guard: the weights' conversion to torch's layout (gate order, one
+    # bias) and the update must give torch's losses, first and second step
+    needs("torch")
+    from benchmarks import lstm_steps
+
+    losses = {}
+    for lib in ("fastgrad", "torch"):
+        step = lstm_steps.BUILD[lib](case, "float64", lstm_steps.make_inputs(case, "float64"))
+        losses[lib] = [step(), step()]
+    assert losses["fastgrad"][1] != losses["fastgrad"][0]  # the step trained
+    np.testing.assert_allclose(losses["fastgrad"], losses["torch"], rtol=1e-10)
