@@ -35,11 +35,15 @@ def eligible(model, x, loss) -> bool:
     """True when ``model`` (a Sequential) can train through a DenseStack for this input and loss."""
     if type(loss) is not CrossEntropyLoss or not model.trainable or not model.layers:
         return False
-    if type(x) is not np.ndarray or x.ndim != 2 or x.shape[0] == 0:
+    # x exactly as the kernels take it: anything the layers would convert (another dtype, another
+    # layout, a read-only array) takes the layer-by-layer path, which converts it
+    if type(x) is not np.ndarray or x.ndim != 2 or x.shape[0] == 0 or not _checks.is_plain(x, x.shape, model.layers[0].dtype):
         return False
     n = x.shape[1]
     for layer in model.layers:
         if type(layer) is not Dense or not layer.trainable or any(k in layer.__dict__ for k in _OVERRIDES):
+            return False
+        if layer.dtype != x.dtype:
             return False
         if layer.in_features != n or x.shape[0] * layer.in_features * layer.out_features >= CORE_SERIAL_BELOW:
             return False

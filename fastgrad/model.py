@@ -27,7 +27,7 @@ class Sequential(Layer):
     _container = True
     #: True while backward_params runs (the lowest layer then gets backward_params, not backward)
     _params_only = False
-    #: the fused step of the last training step's shapes (fastgrad.fused), and the one awaiting its backward
+    #: the fused step of the last training step (fastgrad.fused; None: layer by layer), and the one awaiting its backward
     _fused = None
     _fused_pending = None
 
@@ -237,9 +237,16 @@ class Sequential(Layer):
     def _forward_loss(self, x, y, loss) -> tuple:
         """(loss value, output) of a training step's forward: through a fused DenseStack when this
         model is one (:mod:`fastgrad.fused`), else layer by layer.  ``_backward_loss`` follows."""
-        stack = self._fused
+        # one stack per batch shape (an epoch's last batch is often shorter), a few kept
+        stacks = self.__dict__.setdefault("_fused_stacks", {})
+        stack = stacks.get(getattr(x, "shape", None))
         if stack is None or not stack.matches(self, x):
-            stack = self._fused = DenseStack(self, x.shape, x.dtype) if fused_eligible(self, x, loss) else None
+            stack = DenseStack(self, x.shape, x.dtype) if fused_eligible(self, x, loss) else None
+            if stack is not None:
+                if len(stacks) >= 4:
+                    stacks.clear()
+                stacks[x.shape] = stack
+        self._fused = stack
         got = None if stack is None else stack.forward_loss(x, y, loss)
         self._fused_pending = None if got is None else stack
         if got is not None:

@@ -429,3 +429,39 @@ def test_cnn_backward_params_gives_the_gradients_of_backward(rng):
     b.backward_params(dy)
     for name in a.grads:
         np.testing.assert_array_equal(a.grads[name], b.grads[name], err_msg=name)
+
+
+def test_inputs_the_layers_would_convert_take_the_layer_path_with_the_same_result(monkeypatch, rng):
+    x = rng.standard_normal((6, 12))  # float64 into a float32 model, then Fortran order, then read-only
+    y = rng.integers(0, 5, 6)
+    inputs = [x, np.asfortranarray(x.astype(np.float32)), x.astype(np.float32)]
+    inputs[2].flags.writeable = False
+
+    def run():
+        model = _stack_model(np.float32)
+        opt = fg.SGD(model, 0.1)
+        values = [model.train_step(v, y, fg.CrossEntropyLoss(), opt) for v in inputs]
+        return values, model.state_dict(), model._fused
+
+    values, state, last = run()
+    assert last is None  # none of them was taken as it is
+    with monkeypatch.context() as m:
+        _layer_by_layer(m)
+        ref_values, ref_state, _ = run()
+    assert values == ref_values
+    for name in state:
+        np.testing.assert_array_equal(state[name], ref_state[name])
+
+
+def test_a_shorter_last_batch_keeps_the_full_batch_stack(rng):
+    model = _stack_model(np.float64)
+    opt = fg.SGD(model, 0.1)
+    loss = fg.CrossEntropyLoss()
+    x = rng.standard_normal((7, 12))
+    y = rng.integers(0, 5, 7)
+    model.train_step(x, y, loss, opt)
+    full = model._fused
+    model.train_step(x[:3].copy(), y[:3], loss, opt)
+    assert model._fused is not full and model._fused.x_shape == (3, 12)
+    model.train_step(x, y, loss, opt)
+    assert model._fused is full
