@@ -161,25 +161,33 @@ class _BackwardCall:
         self.shapes = [(N, m)] if has_dz else []
         for plan in self.plans:
             self.shapes += [(size,) for size in products.packed_sizes(plan, dtype)]
-        self.bufs = owned(dtype, *self.shapes)
+        bufs = owned(dtype, *self.shapes)
+        # kept scratch: dL/dz and the two products' packing buffers, bundled once
+        self.bufs = None if bufs is None else self._bundle(bufs, has_dz)
+        self.has_dz = has_dz
         self.dz = Launch(kact.activation_dz, 8 * N * m)
         self.products = Launch(kdense.dense_backward, N * m * n)
+
+    @staticmethod
+    def _bundle(bufs, has_dz):
+        """(dL/dz scratch or None, Packed of dx, Packed of dW) from the scratch arrays."""
+        dz = bufs.pop(0) if has_dz else None
+        return dz, products.Packed(bufs[0], bufs[1]), products.Packed(bufs[2], bufs[3])
 
     def run(self, grads, dy, x, W, z, code):
         if self.bufs is not None:
             self._run(self.bufs, grads, dy, x, W, z, code)
             return
         with scratch(self.dtype, *self.shapes) as bufs:
-            self._run(bufs, grads, dy, x, W, z, code)
+            self._run(self._bundle(bufs, self.has_dz), grads, dy, x, W, z, code)
 
     def _run(self, bufs, grads, dy, x, W, z, code):
+        dz, packed_dx, packed_dw = bufs
         if code == 0:
             dz = dy  # identity: sigma' = 1
-            ap_dx, bp_dx, ap_dw, bp_dw = bufs
         else:
-            dz, ap_dx, bp_dx, ap_dw, bp_dw = bufs
             self.dz(dz.reshape(-1), dy.reshape(-1), z.reshape(-1), code)  # dL/dz = dy * sigma'(z), one element-wise pass
-        self.products(grads, dz, x, W, products.Packed(ap_dx, bp_dx), products.Packed(ap_dw, bp_dw), *self.plans)
+        self.products(grads, dz, x, W, packed_dx, packed_dw, *self.plans)
 
 
 @remembered
