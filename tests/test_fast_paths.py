@@ -465,3 +465,14 @@ def test_a_shorter_last_batch_keeps_the_full_batch_stack(rng):
     assert model._fused is not full and model._fused.x_shape == (3, 12)
     model.train_step(x, y, loss, opt)
     assert model._fused is full
+
+
+def test_remembered_calls_are_bounded_and_a_new_shape_is_still_right(rng):
+    from fastgrad.functional import common
+    from fastgrad.functional import dense as FD
+
+    layer = fg.Dense(3, 2, seed=0)
+    for n in range(1, common.REMEMBERED_CALLS + 9):  # more batch sizes than are kept
+        x = rng.standard_normal((n, 3)).astype(np.float32)
+        np.testing.assert_allclose(layer.forward(x), x @ layer.params["W"].T + layer.params["b"], rtol=1e-5, atol=1e-6)
+    assert FD._forward_call.cache_info().currsize <= common.REMEMBERED_CALLS

@@ -104,7 +104,7 @@ class Launch:
 
 def call_key(*shape_key) -> tuple:
     """The memory key of a remembered call: its shapes and flags, the calling thread (which owns the
-    call's scratch) and what pick() reads (the thread count, serial-only after a fork)."""
+    call's scratch) and what pick() reads besides the work (:func:`fastgrad._jit.pick_state`)."""
     return shape_key + (threading.get_ident(), _jit.pick_state())
 
 
@@ -112,9 +112,17 @@ def call_key(*shape_key) -> tuple:
 _MEMORIES: list = []
 
 
+#: remembered calls per kind; each may keep up to _workspace.OWN_MAX_BYTES of scratch, so a
+#: workload of many shapes pins at most this many MiB per kind (a training step needs one or two)
+REMEMBERED_CALLS = 32
+
+
 def remembered(build):
-    """``build(key)`` remembered per key (a :func:`call_key`): the calls a training step repeats, made once."""
-    memory = lru_cache(maxsize=256)(build)
+    """``build(key)`` remembered per key (a :func:`call_key`): the calls a training step repeats, made once.
+
+    The least recently used of more than :data:`REMEMBERED_CALLS` keys is dropped.
+    """
+    memory = lru_cache(maxsize=REMEMBERED_CALLS)(build)
     _MEMORIES.append(memory)
     return memory
 
