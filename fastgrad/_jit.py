@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from numba.core.caching import FunctionCache
 
 __all__ = [
     "FASTMATH",
@@ -309,9 +310,48 @@ def _njit(py_func, *, parallel: bool, fastmath):
     saved = numba.config.CACHE_DIR
     numba.config.CACHE_DIR = str(_CACHE_DIR)
     try:
-        return numba.njit(**options)(py_func)
+        dispatcher = numba.njit(**options)(py_func)
+        if hasattr(dispatcher, "_cache"):  # not under NUMBA_DISABLE_JIT=1
+            dispatcher._cache = _GuardedCache(py_func)
+        return dispatcher
     finally:
         numba.config.CACHE_DIR = saved
+
+
+class _GuardedCache(FunctionCache):
+    """numba's on-disk cache of one function, whose writes may fail without failing the call.
+
+    numba lets an OSError from writing a cache file (a full disk, a folder made
+    read-only or removed while the process runs) propagate out of the kernel
+    call that compiled.  Here the first such error issues one warning and turns
+    writing off for every kernel; compiled code then lives in memory only, and
+    loading what is already cached goes on.
+    """
+
+    def save_overload(self, sig, data):
+        if _WRITES_FAILED:
+            return
+        try:
+            super().save_overload(sig, data)
+        except OSError as exc:
+            _writes_failed(exc)
+
+
+_WRITES_FAILED = False
+
+
+def _writes_failed(exc: OSError) -> None:
+    global _WRITES_FAILED
+    if _WRITES_FAILED:
+        return
+    _WRITES_FAILED = True
+    warnings.warn(
+        f"fastgrad: could not write to the kernel cache {_CACHE_DIR} ({exc.strerror or exc}); kernels "
+        "compiled from now on are kept in memory only (free space or set FASTGRAD_CACHE_DIR to a "
+        "writable directory to keep them between runs)",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 #: The one fast-math flag the exact kernels' sums use (see :func:`helper`).

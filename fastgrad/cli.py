@@ -21,9 +21,11 @@ import time
 import numpy as np
 
 
-def run_checks(out=sys.stdout) -> bool:
-    """Print the table of worst errors; True when every layer passes."""
+def run_checks(out=None) -> bool:
+    """Print the table of worst errors (to ``out``, default sys.stdout at the call); True when every layer passes."""
     import fastgrad as fg
+
+    out = sys.stdout if out is None else out
 
     from .cases import LAYER_CASES
 
@@ -59,6 +61,32 @@ def _train(name, epochs, progress):
         print("sampled text:\n" + str(result["samples"]))
     print(f"time per epoch: {result['seconds_per_epoch']:.3f} s (total {total:.1f} s incl. compile)")
     return result
+
+
+#: Every compiled task of the main job (kernel, dtype, twin; "stack": the fused step of the
+#: digits MLP), in the order the job first needs them: the float64 serial twins of the
+#: gradient-check table, then the float32 training of the digits MLP.  A background worker
+#: compiles them from the end while the job compiles from the start (config.CompileAhead).
+#: tests/test_warmup.py checks the list against what the job really compiles.
+MAIN_JOB_TASKS = tuple(
+    [(name, "float64", "serial") for name in (
+        "util.all_finite", "dense.dense_forward", "dense.dense_backward", "activations.activation_dz",
+        "activations.activation_forward", "activations.activation_backward", "softmax.softmax_forward",
+        "softmax.softmax_backward", "softmax.log_softmax_forward", "softmax.log_softmax_backward",
+        "conv.conv_forward", "conv.conv_backward_filter", "conv.conv_backward_data", "conv.conv_forward_s1",
+        "conv.conv_backward_filter_s1", "conv.conv_backward_data_s1", "pool.max_pool_forward",
+        "pool.max_pool_backward", "pool.avg_pool_forward", "pool.avg_pool_backward", "lstm.lstm_forward",
+        "lstm.lstm_backward", "embedding.embedding_forward", "embedding.embedding_backward",
+        "norm.layer_norm_forward", "norm.layer_norm_backward", "norm.batch_norm_forward", "norm.batch_norm_backward",
+    )]
+    + [
+        ("util.all_finite", "float32", "parallel"), ("util.all_finite", "float32", "serial"),
+        ("dense.dense_forward", "float32", "serial"), ("softmax.cross_entropy_labels", "float32", "serial"),
+        ("activations.activation_dz", "float32", "serial"), ("dense.dense_backward", "float32", "serial"),
+        ("examples.mlp", "float32", "stack"), ("optim.adam_update", "float32", "serial"),
+        ("dense.dense_forward", "float32", "parallel"), ("softmax.cross_entropy_labels", "float32", "parallel"),
+    ]
+)
 
 
 _BENCH_NEEDS_SOURCE = (
@@ -142,10 +170,16 @@ def main(argv=None) -> int:
         _train(args.model, args.epochs, not args.quiet)
         return 0
     # the main job
-    from .config import config_text
+    from .config import CompileAhead, config_text
 
-    print(config_text(), end="\n\n")
-    ok = run_checks()
-    print()
-    _train("mlp", None, True)
+    ahead = CompileAhead(MAIN_JOB_TASKS, marker="main-job")
+    try:
+        print(config_text(), end="\n\n")
+        if ahead.started:
+            print("first run: compiling the kernels this job uses (a worker process compiles the last ones meanwhile)\n", flush=True)
+        ok = run_checks()
+        print()
+        _train("mlp", None, True)
+    finally:
+        ahead.close(finished=True)
     return 0 if ok else 1

@@ -203,10 +203,49 @@ def _kernel(name: str) -> _jit.Kernel:
 
 
 def compile_task(name: str, dt, twin: str) -> float:
-    """Compile (or load) one kernel twin ("serial" or "parallel") for one dtype; returns seconds."""
+    """Compile (or load) one task for one dtype; returns seconds.
+
+    ``twin`` "serial" or "parallel": that twin of the kernel ``name``; "stack": the fused
+    training step (:mod:`fastgrad.fused`) of the model that ``fastgrad.<name>.build`` makes
+    (for example ``examples.mlp``).
+    """
     start = time.perf_counter()
-    _kernel(name).compile(np.dtype(dt), twin)
+    if twin == "stack":
+        from . import fused
+
+        fused.compile_for(_built_model(name, dt))
+    else:
+        _kernel(name).compile(np.dtype(dt), twin)
     return time.perf_counter() - start
+
+
+def _built_model(name: str, dt):
+    from importlib import import_module
+
+    return import_module(f"fastgrad.{name}").build(dtype=np.dtype(dt))
+
+
+def compiled_here(name: str, dt, twin: str) -> bool:
+    """True when this process already holds the compiled code of the task (see :func:`compile_task`)."""
+    if twin == "stack":
+        from . import fused
+
+        return fused.compiled_for(_built_model(name, dt))
+    k = _kernel(name)
+    dispatcher = k.serial if twin == "serial" else k.parallel
+    overloads = getattr(dispatcher, "overloads", None)
+    return overloads is None or k.signature(np.dtype(dt)) in overloads
+
+
+def kernels_in_use() -> list:
+    """Every kernel twin this process has compiled or loaded, as "name dtype twin" strings."""
+    out = []
+    for k in _jit.KERNELS:
+        for twin in ("serial", "parallel"):
+            for dt in ("float32", "float64"):
+                if getattr(k.serial, "overloads", None) is not None and compiled_here(k.name, dt, twin):
+                    out.append(f"{k.name} {dt} {twin}")
+    return out
 
 
 def _compile_cost(k: _jit.Kernel) -> int:
@@ -216,7 +255,8 @@ def _compile_cost(k: _jit.Kernel) -> int:
     return len(inspect.getsource(k.py_func).splitlines())
 
 
-def _default_jobs() -> int:
+def default_jobs() -> int:
+    """The number of warm-up worker processes by default: the cores this process may use, at most 4."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
@@ -224,59 +264,88 @@ def _default_jobs() -> int:
     return max(1, min(cores, 4))
 
 
+class _Worker:
+    """One ``python -m fastgrad._warmjob`` process compiling tasks into the shared kernel cache.
+
+    Subprocesses rather than multiprocessing: a spawned child would re-run the
+    user's unguarded ``__main__``.  :meth:`compile` returns the worker's seconds,
+    or None once the worker failed (the caller then compiles the task itself).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()  # close() may come from another thread than compile()
+        # the worker must import this very fastgrad (a source checkout on sys.path included)
+        here = str(Path(__file__).resolve().parent.parent)
+        path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+        env = dict(os.environ, FASTGRAD_CACHE_DIR=str(_jit.cache_dir().parent), PYTHONPATH=path, PYTHONWARNINGS="ignore")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "fastgrad._warmjob"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, text=True, env=env,
+            )
+        except OSError:
+            self.proc = None
+
+    def compile(self, task) -> float | None:
+        proc = self.proc
+        if proc is None:
+            return None
+        try:
+            proc.stdin.write(" ".join(task) + "\n")
+            proc.stdin.flush()
+            answer = proc.stdout.readline().split()
+        except (OSError, ValueError, AttributeError):
+            answer = []
+        if answer[:1] != ["ok"]:
+            self.close()  # dead or failing worker
+            return None
+        return float(answer[1])
+
+    def close(self, kill: bool = False) -> None:
+        with self._lock:
+            proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if kill:
+            proc.kill()  # numba writes each cache file whole, then renames it: nothing half-written is left
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                stream.close()
+            except (OSError, ValueError):  # a worker that died with input still buffered
+                pass
+        proc.wait()
+
+
 def _compile_in_workers(tasks: list, jobs: int, verbose: bool) -> dict:
     """Compile ``tasks`` [(name, dtype, twin)] in ``jobs`` fresh processes into the shared cache.
 
-    numba compiles on one core; separate processes use all of them.  Each worker
-    (``python -m fastgrad._warmjob``) reads tasks from stdin and answers one line
-    per task.  Subprocesses rather than multiprocessing: a spawned child would
-    re-run the user's unguarded ``__main__``.  While the workers compile, this
-    process loads each finished task from the cache.  A worker that fails only
-    costs time: whatever it did not compile is compiled here afterwards.
-    Returns {"name dtype twin": seconds} for the tasks the workers finished.
+    numba compiles on one core; separate processes use all of them.  While the
+    workers compile, this process loads each finished task from the cache.  A
+    worker that fails only costs time: whatever it did not compile is compiled
+    here afterwards.  Returns {"name dtype twin": seconds} for the tasks the
+    workers finished.
     """
-    # the workers must import this very fastgrad (a source checkout on sys.path included)
-    here = str(Path(__file__).resolve().parent.parent)
-    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, FASTGRAD_CACHE_DIR=str(_jit.cache_dir().parent), PYTHONPATH=path, PYTHONWARNINGS="ignore")
     pending = list(tasks)
     lock = threading.Lock()
     finished = queue.Queue()  # tasks a worker compiled, or None when a driver stops
     done = {}
 
     def drive():
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "fastgrad._warmjob"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL, text=True, env=env,
-            )
-        except OSError:
-            finished.put(None)
-            return
+        worker = _Worker()
         try:
             while True:
                 with lock:
                     if not pending:
                         break
                     task = pending.pop(0)
-                try:
-                    proc.stdin.write(" ".join(task) + "\n")
-                    proc.stdin.flush()
-                    answer = proc.stdout.readline().split()
-                except (OSError, ValueError):
+                seconds = worker.compile(task)
+                if seconds is None:
                     break
-                if answer[:1] != ["ok"]:
-                    break  # dead or failing worker: the caller compiles the rest itself
                 with lock:
-                    done[" ".join(task)] = float(answer[1])
+                    done[" ".join(task)] = seconds
                 finished.put(task)
         finally:
-            for stream in (proc.stdin, proc.stdout):
-                try:
-                    stream.close()
-                except OSError:  # a worker that died with input still buffered
-                    pass
-            proc.wait()
+            worker.close()
             finished.put(None)
 
     for _ in range(jobs):
@@ -292,6 +361,77 @@ def _compile_in_workers(tasks: list, jobs: int, verbose: bool) -> dict:
             key = " ".join(task)
             print(f"  {key:<44}{done[key]:7.2f} s  (compiled in a worker process)", flush=True)
     return done
+
+
+class CompileAhead:
+    """Compile a job's kernels in one background worker process while the job runs.
+
+    ``tasks``: (name, dtype, twin) in the order the job first needs them.  The
+    worker takes them from the end (what the job needs last), skipping what this
+    process already holds, and saves each to the shared cache; the job, going
+    from the start, then loads those from the cache on their first call instead
+    of compiling them.  On 2 cores the two halves compile at once.  Nothing is
+    started without a writable cache, or when ``marker`` (a name) says an
+    earlier run of the same job on this CPU with these kernel sources finished:
+    everything is cached then, or with ``FASTGRAD_COMPILE_AHEAD=0`` in the
+    environment (one process compiles everything).  :meth:`close` stops the worker and, with
+    ``finished=True``, writes the marker.
+    """
+
+    def __init__(self, tasks, marker: str | None = None):
+        self.pending = [tuple(t) for t in tasks]
+        self.done = {}
+        self._stop = threading.Event()
+        self._worker = None
+        self._marker = None
+        self._thread = None
+        if not _jit.cache_enabled() or os.environ.get("FASTGRAD_COMPILE_AHEAD", "") in ("0", "no", "off", "false"):
+            return
+        if marker is not None:
+            cpu = _jit.cpu_info()
+            self._marker = _jit.cache_dir() / f"{marker}.{cpu['llvm_cpu']}.{cpu['vector_bits']}.done"
+            if self._marker.exists():
+                return
+        self._thread = threading.Thread(target=self._drive, name="fastgrad-compile-ahead", daemon=True)
+        self._thread.start()
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def _drive(self):
+        self._worker = _Worker()
+        try:
+            while self.pending and not self._stop.is_set():
+                task = self.pending.pop()
+                if compiled_here(*task):
+                    continue
+                seconds = self._worker.compile(task)
+                if seconds is None:
+                    break
+                self.done[" ".join(task)] = seconds
+        finally:
+            self._worker.close()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the worker has gone through every task; True when it has."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    def close(self, finished: bool = False) -> None:
+        """Stop the worker (killed if still compiling) and, when the job ``finished``, write the marker."""
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.close(kill=True)
+        if self._thread is not None:
+            self._thread.join()
+        if finished and self._marker is not None:
+            try:
+                self._marker.touch()
+            except OSError:
+                pass
 
 
 def warmup(dtypes=("float32", "float64"), verbose=False, jobs=None, kernels=None) -> dict:
@@ -311,7 +451,7 @@ def warmup(dtypes=("float32", "float64"), verbose=False, jobs=None, kernels=None
     if isinstance(dtypes, (str, type, np.dtype)):
         dtypes = (dtypes,)
     dts = [float_dtype(d, "dtypes", "warmup") for d in dtypes]
-    jobs = _default_jobs() if jobs is None else positive_int(jobs, "jobs", "warmup")
+    jobs = default_jobs() if jobs is None else positive_int(jobs, "jobs", "warmup")
     chosen = list(_jit.KERNELS)
     if kernels is not None:
         wanted = [kernels] if isinstance(kernels, str) else list(kernels)

@@ -51,6 +51,26 @@ def eligible(model, x, loss) -> bool:
     return True
 
 
+def compile_for(model) -> None:
+    """Compile (or load from the kernel cache) the fused step of ``model``, a Sequential of Dense layers.
+
+    For warming up ahead of training (``fastgrad.config.CompileAhead``); the model is not changed.
+    """
+    stack = DenseStack(model, (1, model.layers[0].in_features), model.layers[0].dtype)
+    for fn, args in stack.example_calls():
+        exact(fn, args)
+
+
+def compiled_for(model) -> bool:
+    """True when this process holds the compiled fused step of ``model`` (see :func:`compile_for`)."""
+    stack = DenseStack(model, (1, model.layers[0].in_features), model.layers[0].dtype)
+    for fn, args in stack.example_calls():
+        overloads = getattr(fn, "overloads", None)
+        if overloads is not None and tuple(fn.typeof_pyval(a) for a in args) not in overloads:
+            return False
+    return True
+
+
 class DenseStack:
     """The fused step of one model for one (x.shape, dtype): the layers' arrays and every buffer, made once."""
 
@@ -150,6 +170,17 @@ class DenseStack:
             i = status - kstack.BAD_DY
             dy = self.dlogits if i == len(self.layers) - 1 else self.bufs.dx[i + 1]
             _checks.check_finite_values(dy, "dy", "Dense.backward")
+
+    def example_calls(self) -> list:
+        """[(compiled function, arguments)] of a forward_loss and a backward on a batch of zeros."""
+        x = np.zeros(self.x_shape, self.dtype)
+        labels = np.zeros(self.x_shape[0], np.int64)
+        check = _checks.get_check_finite()
+        scale = self.dtype.type(1.0)
+        return [
+            (kstack.stack_forward, (x, labels, self.arrays, self.bufs, self.losses, self.dlogits, scale, check)),
+            (kstack.stack_backward, (x, self.arrays, self.bufs, self.dlogits, check)),
+        ]
 
     def _input(self, x, i: int):
         return x if i == 0 else self.bufs.y[i - 1]

@@ -50,7 +50,18 @@ def pytest_sessionstart(session):
     import fastgrad
     from fastgrad import _jit
 
+    import time
+
     cache = _jit.cache_dir()
     if cache is not None and sum(1 for _ in cache.rglob("*.nbi")) < 2 * len(_jit.KERNELS):
         print(f"\nconftest: cold kernel cache, compiling every kernel in worker processes into {cache}", flush=True)
-        fastgrad.warmup()
+        start = time.perf_counter()
+        times = fastgrad.warmup()
+        print(
+            f"conftest: suite warm-up {time.perf_counter() - start:.1f} s for {len(times)} kernel twins "
+            f"({sum(times.values()):.1f} s of compiling in {fastgrad.config.default_jobs()} worker processes) "
+            f"on {_jit.cpu_info()['model']}",
+            flush=True,
+        )
+    else:
+        print(f"\nconftest: kernel cache warm ({cache}), no suite warm-up", flush=True)

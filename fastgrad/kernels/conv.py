@@ -302,7 +302,8 @@ def conv_backward_filter(dK: F4, dB: F3, dz: F4, x: F4, geo: ConvGeometry):
     dz (N, M, Ho, Wo) = dL/dZ; x (N, C, H, W).  Parallel over k, which owns dK[k]
     and dB[k]; each element is summed in a fixed order (bitwise deterministic).
     """
-    for k in prange(geo.M):
+    for kk in prange(geo.M):
+        k = np.int64(kk)  # as in the serial twin (a prange index is uint64): one compiled copy of each helper
         g = k // geo.Mg
         for n in range(geo.N):
             for c in range(geo.Cg):

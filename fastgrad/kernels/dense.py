@@ -26,11 +26,12 @@ thread count.
 
 from typing import NamedTuple
 
+import numpy as np
 from numba import prange
 
 from .._jit import CORE_SERIAL_BELOW, F1, F2, helper, kernel
 from .activations import act_row
-from .products import GemmPlan, Operand, Packed, gemm_task, pack_count, pack_item, task_block, task_count
+from .products import ACCUMULATE, OVERWRITE, GemmPlan, Operand, Packed, gemm_task, pack_count, pack_item, task_block, task_count
 
 
 class DenseGrads(NamedTuple):
@@ -72,10 +73,13 @@ def dense_forward(y: F2, z: F2, x: F2, W: F2, b: F1, code: int, packed: Packed, 
     zf = z.reshape(-1)
     a = Operand(x.reshape(-1), n, 1)  # A[s, j] = x[s, j]
     wt = Operand(W.reshape(-1), 1, n)  # B[j, k] = W[k, j]: W^T read in place
-    for t in prange(pack_count(packed, plan)):
-        pack_item(t, a, wt, packed, plan)
-    for t in prange(task_count(plan)):
-        gemm_task(t, zf, m, b, False, packed, plan)
+    # np.int64(it): numba types a prange index from 0 as uint64 in the parallel twin and as
+    # int64 in the serial one; a helper called with it would be compiled once for each.
+    for it in prange(pack_count(packed, plan)):
+        pack_item(np.int64(it), a, wt, packed, plan)
+    for it in prange(task_count(plan)):
+        t = np.int64(it)
+        gemm_task(t, zf, m, b, OVERWRITE, packed, plan)
         if code != 0:
             i0, i1, j0, j1 = task_block(t, plan)
             for s in range(i0, i1):
@@ -118,9 +122,9 @@ def dense_backward(grads: DenseGrads, dz: F2, x: F2, W: F2, p_dx: Packed, p_dw: 
     t_dx = task_count(plan_dx)
     for t in prange(t_dx + task_count(plan_dw)):
         if t < t_dx:
-            gemm_task(t, dxf, n, none, True, p_dx, plan_dx)
+            gemm_task(t, dxf, n, none, ACCUMULATE, p_dx, plan_dx)
         else:
-            gemm_task(t - t_dx, dWf, n, none, True, p_dw, plan_dw)
+            gemm_task(t - t_dx, dWf, n, none, ACCUMULATE, p_dw, plan_dw)
             k0, k1, j0, _j1 = task_block(t - t_dx, plan_dw)
             if j0 == 0 and db.shape[0] == m:
                 for k in range(k0, k1):

@@ -51,13 +51,16 @@ The kernels take their arrays bundled by role (:class:`LSTMOut`,
 
 from typing import NamedTuple
 
+import numpy as np
 from numba import prange
 
 from .._jit import CORE_SERIAL_BELOW, F1, F2, F3, F4, I1, helper, kernel
 from .activations import act_row, dact_from_output
 from .products import (
+    ACCUMULATE,
     ADD,
     MR,
+    OVERWRITE,
     STORE,
     GemmPlan,
     Operand,
@@ -284,7 +287,7 @@ def lstm_forward(out: LSTMOut, saved: LSTMSaved, inputs: LSTMInputs, W: F3, b: F
                 for j in range(n_in):
                     hx2[r, H + j] = x2[r, j]
     for t in prange(task_count(plan_proj)):
-        gemm_task(t, z2f, G, b.reshape(-1), False, proj, plan_proj)
+        gemm_task(np.int64(t), z2f, G, b.reshape(-1), OVERWRITE, proj, plan_proj)
     # The recurrence: time serial inside each block of MR sequences, blocks in
     # parallel (one launch per call).  z_g[k] += sum_j W_g[k, j] h_{t-1}[j] for the
     # four gates of the block's sequences in one row of register tiles.
@@ -443,9 +446,9 @@ def lstm_backward(grads: LSTMGrads, scratch: LSTMScratch, upstream: LSTMUpstream
     none = db2[:0]
     for t in prange(t_dx + task_count(plan_dw)):
         if t < t_dx:
-            gemm_task(t, dxf, n_in, none, True, p_dx, plan_dx)
+            gemm_task(t, dxf, n_in, none, ACCUMULATE, p_dx, plan_dx)
         else:
-            gemm_task(t - t_dx, dW2f, HI, none, True, p_dw, plan_dw)
+            gemm_task(t - t_dx, dW2f, HI, none, ACCUMULATE, p_dw, plan_dw)
             k0, k1, j0, _j1 = task_block(t - t_dx, plan_dw)
             if j0 == 0:
                 for gk in range(k0, k1):

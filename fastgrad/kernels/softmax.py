@@ -17,6 +17,7 @@ Jacobian-vector product; the n x n matrix is never formed.
 
 import math
 
+import numpy as np
 from numba import prange
 
 from .._jit import F1, F2, I1, Real, helper, kernel
@@ -97,7 +98,8 @@ def softmax_forward(y: F2, x: F2):
     overflows and the denominator is >= 1.
     """
     R, n = x.shape
-    for r in prange(R):
+    for i in prange(R):
+        r = np.int64(i)  # as in the serial twin (a prange index is uint64): one compiled copy of each row helper
         c = -_row_max(x, r)
         s = _exp_row_sum(y, x, r, c)  # y[r, k] = e^{x[r, k] + c}; s = sum_j y[r, j]
         inv = y.dtype.type(1) / s  # one division per row, a multiply per element
@@ -113,7 +115,8 @@ def softmax_backward(dx: F2, dy: F2, y: F2):
     delta term taken out of the sum: O(n) per row.  Shapes: dx, dy, y (R, n).
     """
     R, n = y.shape
-    for r in prange(R):
+    for i in prange(R):
+        r = np.int64(i)  # signed, as in the serial twin
         dot = _row_dot(dy, y, r)  # sum_k dy[r, k] * y[r, k]
         for j in range(n):
             dx[r, j] = y[r, j] * (dy[r, j] - dot)
@@ -123,7 +126,8 @@ def softmax_backward(dx: F2, dy: F2, y: F2):
 def log_softmax_forward(out: F2, x: F2):
     """out[r, k] = x[r, k] - log sum_j e^{x[r, j]}  (stable log-sum-exp).  Shapes (R, n)."""
     R, n = x.shape
-    for r in prange(R):
+    for i in prange(R):
+        r = np.int64(i)  # signed, as in the serial twin
         m = _row_max(x, r)
         lse = m + math.log(_exp_sum(x, r, -m))  # the exps are summed, never stored
         for k in range(n):
@@ -137,7 +141,8 @@ def log_softmax_backward(dx: F2, dy: F2, out: F2):
     d(x_k - lse)/dx_j = delta_kj - y_j.  Shapes: dx, dy, out (R, n).
     """
     R, n = out.shape
-    for r in prange(R):
+    for i in prange(R):
+        r = np.int64(i)  # signed, as in the serial twin
         total = _row_sum(dy, r)  # sum_k dy[r, k]
         for j in range(n):
             dx[r, j] = dy[r, j] - exp(out[r, j]) * total
@@ -153,7 +158,8 @@ def cross_entropy_labels(losses: F1, dlogits: F2, x: F2, labels: I1, scale: Real
     Shapes: losses (R,), dlogits, x (R, n), labels (R,) int64 in [0, n).
     """
     R, n = x.shape
-    for r in prange(R):
+    for i in prange(R):
+        r = np.int64(i)  # signed, as in the serial twin
         m = _row_max(x, r)
         s = _exp_row_sum(dlogits, x, r, -m)  # dlogits[r, j] = e^{x[r, j] - m}: one exp per element
         lse = m + math.log(s)
@@ -176,7 +182,8 @@ def cross_entropy_probs(losses: F1, dlogits: F2, x: F2, p: F2, scale: Real):
     the exact gradient of the loss above.)  Shapes: losses (R,), dlogits, x, p (R, n).
     """
     R, n = x.shape
-    for r in prange(R):
+    for i in prange(R):
+        r = np.int64(i)  # signed, as in the serial twin
         m = _row_max(x, r)
         s = _exp_row_sum(dlogits, x, r, -m)  # dlogits[r, j] = e^{x[r, j] - m}: one exp per element
         lse = m + math.log(s)
