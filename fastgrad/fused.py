@@ -51,20 +51,23 @@ def eligible(model, x, loss) -> bool:
     return True
 
 
+def _example_stack(model) -> "DenseStack":
+    """A DenseStack of ``model`` for a batch of one: the compiled step depends on types, not on sizes."""
+    return DenseStack(model, (1, model.layers[0].in_features), model.layers[0].dtype)
+
+
 def compile_for(model) -> None:
     """Compile (or load from the kernel cache) the fused step of ``model``, a Sequential of Dense layers.
 
     For warming up ahead of training (``fastgrad.config.CompileAhead``); the model is not changed.
     """
-    stack = DenseStack(model, (1, model.layers[0].in_features), model.layers[0].dtype)
-    for fn, args in stack.example_calls():
+    for fn, args in _example_stack(model).example_calls():
         exact(fn, args)
 
 
 def compiled_for(model) -> bool:
     """True when this process holds the compiled fused step of ``model`` (see :func:`compile_for`)."""
-    stack = DenseStack(model, (1, model.layers[0].in_features), model.layers[0].dtype)
-    for fn, args in stack.example_calls():
+    for fn, args in _example_stack(model).example_calls():
         overloads = getattr(fn, "overloads", None)
         if overloads is not None and tuple(fn.typeof_pyval(a) for a in args) not in overloads:
             return False
