@@ -451,8 +451,14 @@ def lstm_backward(grads: LSTMGrads, scratch: LSTMScratch, upstream: LSTMUpstream
             gemm_task(t - t_dx, dW2f, HI, none, ACCUMULATE, p_dw, plan_dw)
             k0, k1, j0, _j1 = task_block(t - t_dx, plan_dw)
             if j0 == 0:
+                # db_g[k] = sum over r of dz[r, gk], r in order; summed row by row
+                # (contiguous) into rec_tmp[k0:k1], which the recurrence no longer
+                # needs: a column walk of dz (stride 4H) took 4 ms at (100, 16, 128, 128).
+                acc = rec_tmp[k0:k1]
+                for gk in range(k1 - k0):
+                    acc[gk] = zero
+                for r in range(TN):
+                    for gk in range(k0, k1):
+                        acc[gk - k0] += dz2[r, gk]
                 for gk in range(k0, k1):
-                    acc = zero
-                    for r in range(TN):
-                        acc += dz2[r, gk]
-                    db2[gk] += acc
+                    db2[gk] += acc[gk - k0]
