@@ -328,8 +328,8 @@ LSTM = Op(
                 Source(
                     "lstm.cell_backward",
                     (
-                        "dsh = cast(dact_from_output(saved.c[t + 1, n, k], s, codes[SLOT_H]))",
-                        "dc = dh * dsh * gate_o + scratch.dc[n, k]",
+                        "dact_from_output_row(dsh, saved.c[t + 1, n], saved.sh[t, n], codes[SLOT_H])",
+                        "dc = dh * dsh[k] * gate_o + scratch.dc[n, k]",
                         "scratch.dc[n, k] = dc * gate_f",
                     ),
                     "scratch.dc carries ∂L/∂c_{t+1} ⊙ f_{t+1} back from step t+1",
@@ -342,7 +342,14 @@ LSTM = Op(
         Equation(("∂L/∂n_t = ∂L/∂c_t ⊙ i_t",), (Source("lstm.cell_backward", ("d_n = dc * gate_i",)),)),
         Equation(
             ("∂L/∂z_g = ∂L/∂g_t ⊙ σ_g'(z_g)      for each gate g in f, i, o, n (z_g its pre-activation)",),
-            (Source("lstm.cell_backward", tuple(f"dz[t, n, GATE_{g}, k] = d_{g.lower()} * " for g in "FION")),),
+            (
+                Source(
+                    "lstm.cell_backward",
+                    ("dact_from_output_row(dz[t, n, g], z[t, n, g], a[t, n, g], codes[g])",)
+                    + tuple(f"dz[t, n, GATE_{g}, k] = d_{g.lower()} * " for g in "FION"),
+                    "σ_g'(z_g) first fills dz's row, then ∂L/∂g_t scales it",
+                ),
+            ),
             False,
         ),
         Equation(

@@ -55,7 +55,7 @@ import numpy as np
 from numba import prange
 
 from .._jit import CORE_SERIAL_BELOW, F1, F2, F3, F4, I1, helper, kernel
-from .activations import act_row, dact_from_output
+from .activations import act_row, dact_from_output_row
 from .products import (
     ACCUMULATE,
     ADD,
@@ -313,17 +313,22 @@ def lstm_forward(out: LSTMOut, saved: LSTMSaved, inputs: LSTMInputs, W: F3, b: F
 
 
 @helper
-def cell_backward(grads, scratch, upstream, saved, t, n, codes):
+def cell_backward(grads, scratch, upstream, saved, t, n, codes, dsh):
     """dL/dz of the four gates of valid step t of sequence n, and the carried dL/dc_{t-1}.
 
-    scratch.dh[n] holds dL/dh_t from step t+1 and scratch.dc[n] holds dL/dc_{t+1} f_{t+1}.
+    scratch.dh[n] holds dL/dh_t from step t+1 and scratch.dc[n] holds dL/dc_{t+1} f_{t+1};
+    dsh is a free row of H values (overwritten with sigma_h'(c_t)).
     """
     a = saved.a
     z = saved.z
     dz = scratch.dz
     H = scratch.dh.shape[1]
     has_dy = upstream.dy.shape[0] == dz.shape[0]
-    cast = grads.dx.dtype.type  # sigma' is float64 scalar math: back to the array dtype
+    # sigma_g'(z_g) of every gate into dz's rows (scaled by dL/dg_t below) and
+    # sigma_h'(c_t) into dsh: whole rows, so the default activations vectorise
+    for g in range(4):
+        dact_from_output_row(dz[t, n, g], z[t, n, g], a[t, n, g], codes[g])
+    dact_from_output_row(dsh, saved.c[t + 1, n], saved.sh[t, n], codes[SLOT_H])
     for k in range(H):
         dh = scratch.dh[n, k]
         if has_dy:
@@ -335,17 +340,16 @@ def cell_backward(grads, scratch, upstream, saved, t, n, codes):
         s = saved.sh[t, n, k]
         # reverses h_t = o_t * sigma_h(c_t):
         # dL/dc_t = dL/dh_t * sigma_h'(c_t) * o_t + dL/dc_{t+1} * f_{t+1}
-        dsh = cast(dact_from_output(saved.c[t + 1, n, k], s, codes[SLOT_H]))
-        dc = dh * dsh * gate_o + scratch.dc[n, k]
+        dc = dh * dsh[k] * gate_o + scratch.dc[n, k]
         # reverses c_t = f_t * c_{t-1} + i_t * n_t and the four gate lines
         d_f = dc * saved.c[t, n, k]
         d_i = dc * gate_n
         d_o = dh * s
         d_n = dc * gate_i
-        dz[t, n, GATE_F, k] = d_f * cast(dact_from_output(z[t, n, GATE_F, k], gate_f, codes[GATE_F]))
-        dz[t, n, GATE_I, k] = d_i * cast(dact_from_output(z[t, n, GATE_I, k], gate_i, codes[GATE_I]))
-        dz[t, n, GATE_O, k] = d_o * cast(dact_from_output(z[t, n, GATE_O, k], gate_o, codes[GATE_O]))
-        dz[t, n, GATE_N, k] = d_n * cast(dact_from_output(z[t, n, GATE_N, k], gate_n, codes[GATE_N]))
+        dz[t, n, GATE_F, k] = d_f * dz[t, n, GATE_F, k]
+        dz[t, n, GATE_I, k] = d_i * dz[t, n, GATE_I, k]
+        dz[t, n, GATE_O, k] = d_o * dz[t, n, GATE_O, k]
+        dz[t, n, GATE_N, k] = d_n * dz[t, n, GATE_N, k]
         # dL/dc_{t-1} = dL/dc_t * f_t
         scratch.dc[n, k] = dc * gate_f
 
@@ -412,7 +416,8 @@ def lstm_backward(grads: LSTMGrads, scratch: LSTMScratch, upstream: LSTMUpstream
         for t in range(Lmax - 1, -1, -1):
             for n in range(n0, n0 + nb):
                 if t < lengths[n]:
-                    cell_backward(grads, scratch, upstream, saved, t, n, codes)
+                    # the block's product tile is free until block_product below: sigma_h' goes there
+                    cell_backward(grads, scratch, upstream, saved, t, n, codes, tmp[(n - n0) * H:(n - n0 + 1) * H])
             # reverses z_g = W_g . [h_{t-1}, x_t] + b_g for the h half:
             # dL/dh_{t-1}[j] = sum over ALL FOUR gates g, k of dL/dz_g[k] W_g[k, j]
             block_product(a_dz, t * N + n0, nb, panel, plan_rec, tmp, H, STORE)
