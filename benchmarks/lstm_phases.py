@@ -1,0 +1,293 @@
+"""Where the LSTM forward's and backward's time goes, phase by phase (issue 23).
+
+    python -m benchmarks.lstm_phases [--rounds 3] [--dtype float32] [--threads 2] [--markdown]
+
+``kernels.lstm.lstm_forward`` runs three phases in one call:
+
+1. **pack**: one launch packs the input projection's operands, packs
+   W[:, :, :H]^T for the recurrence and copies x into the rows [h, x];
+2. **projection**: ``z = b + W[:, :, H:] . x_t`` for every (t, n): one product
+   (T N, I) x (I, 4H) over its tasks;
+3. **recurrence**: blocks of MR sequences in parallel, time serial inside a
+   block; per step the block's h_{t-1} is packed (``rec pack``), one row of
+   register tiles adds ``h_{t-1} W[:, :, :H]^T`` to z (``rec product``), and the
+   gate epilogue (sigma_f, sigma_i, sigma_o, sigma_n, c_t, h_t) runs per
+   sequence (``epilogue``).
+
+The kernel is timed whole (arrays allocated once, called directly: no Python
+layer), then each phase alone with the same helpers and plans:
+
+* pack + projection: ``products.matmul`` on the same operands (it packs and
+  runs the same tasks; the recurrence's W packing and the x copy are not in it);
+* rec pack: the recurrence's loop over blocks and steps with only the packing
+  of h_{t-1};
+* rec product: the same loop with the packing and the product;
+* epilogue: what is left, whole forward - projection - rec product.
+
+The backward (``kernels.lstm.lstm_backward``) the same way:
+
+* bwd: the whole kernel;
+* bwd dx+dW: the two products after the recurrence, dx = dz W[:, :, H:] and
+  dW += dz^T [h, x], as two ``products.matmul`` calls (each packs its operands);
+* bwd rec product: the recurrence's loop over blocks and steps with only
+  dL/dh_{t-1} = dz_t W[:, :, :H] (packing dz_t and the row of tiles);
+* bwd cell: the same loop with only the gates' dL/dz and the carried dL/dc
+  (``cell_backward``);
+* bwd rest: bwd - the three above (W's packing, the carries' set-up and copies,
+  db, the launches).
+
+Each figure is the median over ``--rounds`` interleaved rounds of each round's
+median call (phases interleaved inside a round), at ``--threads`` threads and at
+1 thread (the parallel speed-up of each phase shows the load balance of the
+blocks: N = 16 sequences make 3 blocks of MR = 6 for 2 threads).
+"""
+
+import argparse
+import statistics
+import time
+
+import numba
+import numpy as np
+from numba import prange
+
+import fastgrad.functional as F
+from fastgrad import _checks, _jit
+from fastgrad._jit import F1
+from fastgrad.kernels import lstm as klstm
+from fastgrad.kernels import products
+from fastgrad.kernels.products import ADD, MR, STORE, Operand, Packed, pack_a_panel
+
+#: (T, N, I, H): the benchmark runner's S, M, L and the char-LM example's sizes.
+SHAPES = {
+    "S": (50, 32, 32, 64),
+    "M": (100, 16, 128, 128),
+    "L": (35, 20, 256, 256),
+    "char-LM": (64, 32, 32, 128),
+}
+
+
+@_jit.kernel
+def recurrence_only(z2f: F1, hx2f: F1, rec_a: F1, rec_b: F1, plan_rec: products.GemmPlan, T: int, with_product: bool):
+    """The forward's recurrence loop without the gate epilogue: per block of MR
+    sequences and step, pack h_{t-1} and (``with_product``) add h_{t-1} W_h^T to z."""
+    N = plan_rec.m
+    H = plan_rec.k
+    G = plan_rec.n
+    HI = hx2f.shape[0] // (T * N)
+    a_h = Operand(hx2f, HI, 1)
+    for blk in prange((N + MR - 1) // MR):
+        n0 = MR * blk
+        nb = min(MR, N - n0)
+        panel = Packed(rec_a[blk * MR * H:(blk + 1) * MR * H], rec_b)
+        for t in range(T):
+            r0 = t * N + n0
+            if with_product:
+                klstm.block_product(a_h, r0, nb, panel, plan_rec, z2f[r0 * G:], G, ADD)
+            else:
+                for s in range(0, plan_rec.k, plan_rec.kc):
+                    kc = min(plan_rec.kc, plan_rec.k - s)
+                    pack_a_panel(a_h, r0 + nb, r0, s, kc, panel.ap, s * MR)
+
+
+@_jit.kernel
+def bwd_recurrence_only(dz2f: F1, rec_a: F1, rec_b: F1, rec_tmp: F1, plan_rec: products.GemmPlan, T: int):
+    """The backward recurrence's products alone: dL/dh_{t-1} = dz_t W[:, :, :H] per block and step."""
+    N = plan_rec.m
+    H = plan_rec.n
+    G = plan_rec.k
+    a_dz = Operand(dz2f, G, 1)
+    for blk in prange((N + MR - 1) // MR):
+        n0 = MR * blk
+        nb = min(MR, N - n0)
+        panel = Packed(rec_a[blk * MR * G:(blk + 1) * MR * G], rec_b)
+        tmp = rec_tmp[blk * MR * H:(blk + 1) * MR * H]
+        for t in range(T - 1, -1, -1):
+            klstm.block_product(a_dz, t * N + n0, nb, panel, plan_rec, tmp, H, STORE)
+
+
+@_jit.kernel
+def bwd_cells_only(grads: klstm.LSTMGrads, scratch: klstm.LSTMScratch, upstream: klstm.LSTMUpstream, saved: klstm.LSTMSaved,
+                   codes: _jit.I1):
+    """The backward recurrence's gate step alone: cell_backward per block of MR sequences and step."""
+    T, N, H = saved.sh.shape
+    rec_tmp = scratch.rec_tmp
+    for blk in prange((N + MR - 1) // MR):
+        n0 = MR * blk
+        nb = min(MR, N - n0)
+        tmp = rec_tmp[blk * MR * H:(blk + 1) * MR * H]
+        for t in range(T - 1, -1, -1):
+            for n in range(n0, n0 + nb):
+                klstm.cell_backward(grads, scratch, upstream, saved, t, n, codes, tmp[(n - n0) * H:(n - n0 + 1) * H])
+
+
+def _median_call(fn, min_time=0.05, max_calls=200):
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_calls and (len(times) < 5 or time.perf_counter() - start < min_time):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def phase_calls(shape, dtype):
+    """The callables of one shape: whole forward, projection, rec pack, rec product, and the layer call."""
+    T, N, n_in, H = shape
+    dt = np.dtype(dtype)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, N, n_in)).astype(dt)
+    W = (0.1 * rng.standard_normal((4, H, H + n_in))).astype(dt)
+    b = (0.1 * rng.standard_normal((4, H))).astype(dt)
+    h0 = np.zeros((N, H), dt)
+    c0 = np.zeros((N, H), dt)
+    lengths = np.full(N, T, np.int64)
+    codes = np.array([_checks.activation_code(a, "bench") for a in ("sigmoid", "sigmoid", "sigmoid", "tanh", "tanh")], np.int64)
+    out = klstm.LSTMOut(np.empty((T, N, H), dt), np.empty((N, H), dt), np.empty((N, H), dt))
+    saved = klstm.LSTMSaved(np.empty((T, N, H + n_in), dt), np.empty((T, N, 4, H), dt), np.empty((T, N, 4, H), dt),
+                            np.empty((T + 1, N, H), dt), np.empty((T, N, H), dt))
+    plan_proj = products.gemm_plan(T * N, 4 * H, n_in, dt)
+    plan_rec = products.gemm_plan(N, 4 * H, H, dt)
+    blocks = -(-N // MR)
+    pa, pb = products.packed_sizes(plan_proj, dt)
+    buffers = klstm.LSTMBuffers(np.empty(pa, dt), np.empty(pb, dt), np.zeros(blocks * MR * H, dt),
+                                np.empty(products.packed_sizes(plan_rec, dt)[1], dt))
+    inputs = klstm.LSTMInputs(x, h0, c0, lengths, codes)
+    work = T * N * 4 * H * (H + n_in)
+    forward = _jit.pick(klstm.lstm_forward, work)
+
+    def whole():
+        forward(out, saved, inputs, W, b, buffers, plan_proj, plan_rec)
+
+    z2f = saved.z.reshape(-1)
+    a_x = Operand(x.reshape(-1), n_in, 1)
+    b_x = Operand(W.reshape(-1)[H:], 1, H + n_in)
+    proj_packed = Packed(buffers.a, buffers.b)
+    matmul = _jit.pick(products.matmul, T * N * 4 * H * n_in)
+
+    def projection():
+        matmul(z2f, 4 * H, a_x, b_x, b.reshape(-1), products.OVERWRITE, proj_packed, plan_proj)
+
+    whole()  # fills hx and the packed W_h^T with real values for the recurrence-only loops
+    hx2f = saved.hx.reshape(-1)
+    rec = _jit.pick(recurrence_only, work)
+
+    def rec_pack():
+        rec(z2f, hx2f, buffers.rec_a, buffers.rec_b, plan_rec, T, False)
+
+    def rec_product():
+        rec(z2f, hx2f, buffers.rec_a, buffers.rec_b, plan_rec, T, True)
+
+    def layer():
+        F.lstm_forward(x, W, b)
+
+    # the backward, on the saved state of the forward above
+    TN = T * N
+    G = 4 * H
+    grads = klstm.LSTMGrads(np.zeros((T, N, n_in), dt), np.zeros_like(W), np.zeros_like(b), np.zeros((N, H), dt),
+                            np.zeros((N, H), dt))
+    upstream = klstm.LSTMUpstream(np.ones((T, N, H), dt), np.zeros((N, H), dt), np.zeros((N, H), dt))
+    plan_brec = products.gemm_plan(N, H, G, dt)
+    plan_dx = products.gemm_plan(TN, n_in, G, dt)
+    plan_dw = products.gemm_plan(G, H + n_in, TN, dt)
+    sizes = [*products.packed_sizes(plan_dx, dt), *products.packed_sizes(plan_dw, dt)]
+    scr = klstm.LSTMScratch(np.zeros((T, N, 4, H), dt), np.zeros((N, H), dt), np.zeros((N, H), dt),
+                            *(np.zeros(size, dt) for size in sizes), np.zeros(blocks * MR * G, dt),
+                            np.zeros(products.packed_sizes(plan_brec, dt)[1], dt), np.zeros(blocks * MR * H, dt))
+    backward = _jit.pick(klstm.lstm_backward, 2 * work)
+
+    def bwd():
+        backward(grads, scr, upstream, saved, W, lengths, codes, plan_brec, plan_dx, plan_dw)
+
+    bwd()  # fills dz and the packed W_h with real values
+    dz2f = scr.dz.reshape(-1)
+    W2f = W.reshape(-1)
+    none = dz2f[:0]
+    dx_packed = Packed(scr.dx_a, scr.dx_b)
+    dw_packed = Packed(scr.dw_a, scr.dw_b)
+    matmul_dx = _jit.pick(products.matmul, TN * G * n_in)
+    matmul_dw = _jit.pick(products.matmul, TN * G * (H + n_in))
+
+    def bwd_products():
+        matmul_dx(grads.dx.reshape(-1), n_in, Operand(dz2f, G, 1), Operand(W2f[H:], H + n_in, 1), none, products.ACCUMULATE,
+                  dx_packed, plan_dx)
+        matmul_dw(grads.dW.reshape(-1), H + n_in, Operand(dz2f, 1, G), Operand(hx2f, H + n_in, 1), none, products.ACCUMULATE,
+                  dw_packed, plan_dw)
+
+    brec = _jit.pick(bwd_recurrence_only, work)
+    cells = _jit.pick(bwd_cells_only, work)
+
+    def bwd_rec():
+        brec(dz2f, scr.rec_a, scr.rec_b, scr.rec_tmp, plan_brec, T)
+
+    def bwd_cells():
+        cells(grads, scr, upstream, saved, codes)
+
+    return {"whole": whole, "projection": projection, "rec pack": rec_pack, "rec product": rec_product, "layer call": layer,
+            "bwd": bwd, "bwd dx+dW": bwd_products, "bwd rec product": bwd_rec, "bwd cell": bwd_cells}
+
+
+def measure(shapes, dtype, threads, rounds):
+    """{(shape name, threads): {phase: median seconds}} over interleaved rounds."""
+    calls = {name: phase_calls(SHAPES[name], dtype) for name in shapes}
+    samples = {}
+    for r in range(rounds):
+        for nt in sorted({threads, 1}, reverse=True):
+            numba.set_num_threads(nt)
+            for name in shapes:
+                for phase, fn in calls[name].items():
+                    samples.setdefault((name, nt), {}).setdefault(phase, []).append(_median_call(fn))
+        print(f"round {r + 1}/{rounds} done", flush=True)
+    numba.set_num_threads(threads)
+    return {key: {phase: statistics.median(v) for phase, v in phases.items()} for key, phases in samples.items()}
+
+
+def table(result, shapes, threads, markdown):
+    rows = []
+    head = ["shape (T, N, I, H)", "threads", "layer call", "kernel", "projection", "rec pack", "rec product", "epilogue",
+            "rec GFLOP/s", "bwd", "bwd dx+dW", "bwd rec product", "bwd cell", "bwd rest"]
+    for name in shapes:
+        T, N, n_in, H = SHAPES[name]
+        for nt in sorted({threads, 1}, reverse=True):
+            p = result[(name, nt)]
+            epilogue = p["whole"] - p["projection"] - p["rec product"]
+            rec_flop = 2.0 * T * N * 4 * H * H
+            rows.append([f"{name} {T}x{N}x{n_in}x{H}", str(nt), *(f"{1e3 * p[k]:.3f}" for k in ("layer call", "whole", "projection")),
+                         f"{1e3 * p['rec pack']:.3f}", f"{1e3 * p['rec product']:.3f}", f"{1e3 * epilogue:.3f}",
+                         f"{rec_flop / p['rec product'] / 1e9:.1f}",
+                         *(f"{1e3 * p[k]:.3f}" for k in ("bwd", "bwd dx+dW", "bwd rec product", "bwd cell")),
+                         f"{1e3 * (p['bwd'] - p['bwd dx+dW'] - p['bwd rec product'] - p['bwd cell']):.3f}"])
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+    else:
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+        lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
+        lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.lstm_phases", description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS)
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+    shapes = [s for s in args.shapes.split(",") if s]
+    unknown = [s for s in shapes if s not in SHAPES]
+    if unknown:
+        parser.error(f"unknown shape(s) {unknown}; choose from {list(SHAPES)}")
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    result = measure(shapes, args.dtype, args.threads, args.rounds)
+    info = _jit.cpu_info()
+    print(f"lstm forward phases, {args.dtype}, ms (median of {args.rounds} interleaved rounds); "
+          f"cpu {info['model']} ({info['llvm_cpu']}), MR = {MR}")
+    print(table(result, shapes, args.threads, args.markdown))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
