@@ -171,7 +171,7 @@ DENSE = Op(
         )),
         Equation(
             ("∂L/∂b_k = ∂L/∂z_k                 (summed over the batch)",),
-            (Source("dense.dense_backward", ("acc += dz[s, k]", "db[k] += acc")),),
+            (Source("dense.dense_backward", ("acc[k - k0] += dz[s, k]", "db[k] += acc[k - k0]")),),
         ),
         Equation(
             ("∂L/∂w_kj = ∂L/∂z_k · x_j           (summed over the batch)",),

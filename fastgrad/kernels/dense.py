@@ -33,6 +33,9 @@ from .._jit import CORE_SERIAL_BELOW, F1, F2, helper, kernel
 from .activations import act_row
 from .products import ACCUMULATE, OVERWRITE, GemmPlan, Operand, Packed, gemm_task, pack_count, pack_item, task_block, task_count
 
+#: multiply-adds per product from which dense_backward runs the dx and the dW tasks in two launches
+SPLIT_WORK = 1 << 21
+
 
 class DenseGrads(NamedTuple):
     """The gradients dense_backward accumulates into: dx (N, n), dW (m, n), db (m,) or (0,) for no bias."""
@@ -86,7 +89,7 @@ def dense_forward(y: F2, z: F2, x: F2, W: F2, b: F1, code: int, packed: Packed, 
                 act_row(y[s, j0:j1], z[s, j0:j1], code)
 
 
-@kernel(dynamic=True, serial_below=CORE_SERIAL_BELOW)  # the dx and dW tasks of one launch differ in cost
+@kernel(dynamic=True, serial_below=CORE_SERIAL_BELOW)  # the dx and dW tasks of one launch may differ in cost
 def dense_backward(grads: DenseGrads, dz: F2, x: F2, W: F2, p_dx: Packed, p_dw: Packed, plan_dx: GemmPlan, plan_dw: GemmPlan):
     """Accumulate dx, dW, db (``+=``) from dz = dL/dz, reversing ``z[s, k] = b[k] + sum_j W[k, j] x[s, j]``:
 
@@ -98,7 +101,7 @@ def dense_backward(grads: DenseGrads, dz: F2, x: F2, W: F2, p_dx: Packed, p_dw: 
     Shapes: grads.dx, x (N, n); grads.dW, W (m, n); grads.db (m,) or (0,); dz (N, m).
     p_dx, plan_dx: packing buffers and plan of dx (``products.gemm_plan(N, n, m)``);
     p_dw, plan_dw: those of dW (``gemm_plan(m, n, N)``).  One launch packs the panels
-    of both products, the next runs the tasks of both.  (The plans are separate
+    of both products, then one or two run their tasks.  (The plans are separate
     arguments: numba cannot lower a NamedTuple taken from another one inside a
     parallel loop.)
     """
@@ -119,16 +122,32 @@ def dense_backward(grads: DenseGrads, dz: F2, x: F2, W: F2, p_dx: Packed, p_dw: 
             pack_item(t, a_dx, b_dx, p_dx, plan_dx)
         else:
             pack_item(t - n_dx, a_dw, b_dw, p_dw, plan_dw)
+    # The tasks of both products in one launch, or the dx tasks then the dW tasks
+    # in two once each product has SPLIT_WORK multiply-adds: mixed in one launch the
+    # two threads work on different products at once and the large cases ran slower
+    # (float32 (128, 512, 512) 1.34 -> 1.17 ms, (512, 1024, 1024) 17.7 -> 15.2 ms,
+    # float64 2.73 -> 2.17 / 34.2 -> 27.8 ms), while the small ones pay ~4 us for the
+    # second launch ((32, 128, 128): 30 -> 35 us).  AMD EPYC Zen 3, 2 threads, 9
+    # interleaved rounds, db summed row by row in both.  The same bits either way.
     t_dx = task_count(plan_dx)
-    for t in prange(t_dx + task_count(plan_dw)):
-        if t < t_dx:
-            gemm_task(t, dxf, n, none, ACCUMULATE, p_dx, plan_dx)
-        else:
-            gemm_task(t - t_dx, dWf, n, none, ACCUMULATE, p_dw, plan_dw)
-            k0, k1, j0, _j1 = task_block(t - t_dx, plan_dw)
-            if j0 == 0 and db.shape[0] == m:
-                for k in range(k0, k1):
-                    acc = db.dtype.type(0)
+    t_all = t_dx + task_count(plan_dw)
+    split = min(plan_dx.m * plan_dx.n * plan_dx.k, plan_dw.m * plan_dw.n * plan_dw.k) >= SPLIT_WORK
+    for launch in range(2 if split else 1):
+        lo = t_dx if launch == 1 else 0
+        hi = t_dx if split and launch == 0 else t_all
+        for q in prange(hi - lo):
+            t = lo + np.int64(q)
+            if t < t_dx:
+                gemm_task(t, dxf, n, none, ACCUMULATE, p_dx, plan_dx)
+            else:
+                gemm_task(t - t_dx, dWf, n, none, ACCUMULATE, p_dw, plan_dw)
+                k0, k1, j0, _j1 = task_block(t - t_dx, plan_dw)
+                if j0 == 0 and db.shape[0] == m:
+                    # db[k] = sum_s dz[s, k] over s in order, row by row: contiguous, it
+                    # vectorises over k (a column walk of dz per k did not)
+                    acc = np.zeros(k1 - k0, db.dtype)
                     for s in range(N):
-                        acc += dz[s, k]
-                    db[k] += acc
+                        for k in range(k0, k1):
+                            acc[k - k0] += dz[s, k]
+                    for k in range(k0, k1):
+                        db[k] += acc[k - k0]
