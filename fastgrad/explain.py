@@ -175,11 +175,17 @@ DENSE = Op(
         ),
         Equation(
             ("∂L/∂w_kj = ∂L/∂z_k · x_j           (summed over the batch)",),
-            (Source(_DOT, _DOT_LINE, "with C = dW, A = (dL/dz)ᵀ, B = x: dW[k, j] += Σ_s dL/dz[s, k] x[s, j]"),),
+            (
+                Source("dense.dense_backward_reference", ("acc += dz[s, k] * x[s, j]", "grads.dW[k, j] += acc")),
+                Source(_DOT, _DOT_LINE, "the product core's loop, with C = dW, A = (dL/dz)ᵀ, B = x"),
+            ),
         ),
         Equation(
             ("∂L/∂x_j = Σ_k ∂L/∂z_k · w_kj",),
-            (Source(_DOT, _DOT_LINE, "with C = dx, A = dL/dz, B = W: dx[s, j] += Σ_k dL/dz[s, k] W[k, j]"),),
+            (
+                Source("dense.dense_backward_reference", ("acc += dz[s, k] * W[k, j]", "grads.dx[s, j] += acc")),
+                Source(_DOT, _DOT_LINE, "the product core's loop, with C = dx, A = dL/dz, B = W"),
+            ),
         ),
     ),
     _dense_cases,

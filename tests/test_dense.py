@@ -237,6 +237,36 @@ def test_forward_equals_its_plain_twin_on_edge_shapes(dtype, N, n, m, bias):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.sqrt(n) * np.abs(want).max())
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N, n, m", [(1, 1, 1), (3, 5, 2), (7, 300, 3), (13, 4, 37), (65, 33, 17), (300, 7, 9), (130, 70, 240)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_backward_equals_its_plain_twin_on_edge_shapes(dtype, N, n, m, bias):
+    """dense_backward (two products on the product core, edge tiles, N = 300 two KC blocks of
+    dW, (130, 70, 240) past SPLIT_WORK: two launches) against kernels.dense.dense_backward_reference,
+    both adding to gradients that already hold values."""
+    from fastgrad.kernels import products
+
+    rng = np.random.default_rng(N * 100 + n * 10 + m + 7)
+    x = rng.standard_normal((N, n)).astype(dtype)
+    W = rng.standard_normal((m, n)).astype(dtype)
+    dz = rng.standard_normal((N, m)).astype(dtype)
+    start = kdense.DenseGrads(rng.standard_normal((N, n)).astype(dtype), rng.standard_normal((m, n)).astype(dtype),
+                              rng.standard_normal(m if bias else 0).astype(dtype))
+    plan_dx = products.gemm_plan(N, n, m, dtype)
+    plan_dw = products.gemm_plan(m, n, N, dtype)
+    want = kdense.DenseGrads(*(a.copy() for a in start))
+    kdense.dense_backward_reference(want, dz, x, W)
+    assert (N * n * m >= kdense.SPLIT_WORK) == ((N, n, m) == (130, 70, 240))  # the two-launch path is covered
+    for twin in (kdense.dense_backward.serial, kdense.dense_backward.parallel):
+        got = kdense.DenseGrads(*(a.copy() for a in start))
+        p_dx = products.Packed(*[np.full(size, np.nan, dtype) for size in products.packed_sizes(plan_dx, dtype)])
+        p_dw = products.Packed(*[np.full(size, np.nan, dtype) for size in products.packed_sizes(plan_dw, dtype)])
+        twin(got, dz, x, W, p_dx, p_dw, plan_dx, plan_dw)
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        for name, g, w, depth in (("dx", got.dx, want.dx, m), ("dW", got.dW, want.dW, N), ("db", got.db, want.db, N)):
+            np.testing.assert_allclose(g, w, rtol=tol, atol=tol * np.sqrt(depth) * max(1.0, np.abs(w).max(initial=0.0)), err_msg=name)
+
+
 def test_dense_layer_on_nd_input_acts_on_the_last_axis(rng):
     layer = fg.Dense(4, 3, "tanh", dtype=np.float64, seed=0)
     x = rng.standard_normal((2, 5, 4))

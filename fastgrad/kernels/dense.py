@@ -61,6 +61,36 @@ def dense_reference(z, x, W, b):
                 z[s, k] = acc
 
 
+@helper
+def dense_backward_reference(grads, dz, x, W):
+    """The plain loops dense_backward computes (the tests' oracle), accumulated (``+=``):
+
+    dW[k, j] += sum_s dz[s, k] x[s, j];  dx[s, j] += sum_k dz[s, k] W[k, j];
+    db[k] += sum_s dz[s, k] (when db has shape (m,)).
+    """
+    N, n = x.shape
+    m = W.shape[0]
+    zero = dz.dtype.type(0)
+    for k in range(m):
+        for j in range(n):
+            acc = zero
+            for s in range(N):
+                acc += dz[s, k] * x[s, j]
+            grads.dW[k, j] += acc
+    for s in range(N):
+        for j in range(n):
+            acc = zero
+            for k in range(m):
+                acc += dz[s, k] * W[k, j]
+            grads.dx[s, j] += acc
+    if grads.db.shape[0] == m:
+        for k in range(m):
+            acc = zero
+            for s in range(N):
+                acc += dz[s, k]
+            grads.db[k] += acc
+
+
 @kernel(serial_below=CORE_SERIAL_BELOW)
 def dense_forward(y: F2, z: F2, x: F2, W: F2, b: F1, code: int, packed: Packed, plan: GemmPlan):
     """z[s, k] = b[k] + sum_j W[k, j] * x[s, j];  y[s, k] = sigma(z[s, k]).
