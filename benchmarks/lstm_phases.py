@@ -55,7 +55,17 @@ from fastgrad import _checks, _jit
 from fastgrad._jit import F1
 from fastgrad.kernels import lstm as klstm
 from fastgrad.kernels import products
-from fastgrad.kernels.products import ADD, MR, STORE, Operand, Packed, pack_a_panel
+from fastgrad.kernels.products import (
+    ACCUMULATE,
+    OVERWRITE,
+    Operand,
+    Packed,
+    pack_row_block,
+    row_block,
+    row_block_count,
+    row_block_panel,
+    row_block_product,
+)
 
 #: (T, N, I, H): the benchmark runner's S, M, L and the char-LM example's sizes.
 SHAPES = {
@@ -68,25 +78,23 @@ SHAPES = {
 
 @_jit.kernel
 def recurrence_only(z2f: F1, hx2f: F1, rec_a: F1, rec_b: F1, plan_rec: products.GemmPlan, T: int, with_product: bool):
-    """The forward's recurrence loop without the gate epilogue: per block of MR
+    """The forward's recurrence loop without the gate epilogue: per row block of
     sequences and step, pack h_{t-1} and (``with_product``) add h_{t-1} W_h^T to z."""
     N = plan_rec.m
     H = plan_rec.k
     G = plan_rec.n
     HI = hx2f.shape[0] // (T * N)
     a_h = Operand(hx2f, HI, 1)
-    for blk in prange((N + MR - 1) // MR):
-        n0 = MR * blk
-        nb = min(MR, N - n0)
-        panel = Packed(rec_a[blk * MR * H:(blk + 1) * MR * H], rec_b)
+    for q in prange(row_block_count(N)):
+        blk = np.int64(q)
+        n0, nb = row_block(blk, N)
+        panel = Packed(row_block_panel(rec_a, blk, H), rec_b)
         for t in range(T):
             r0 = t * N + n0
             if with_product:
-                klstm.block_product(a_h, r0, nb, panel, plan_rec, z2f[r0 * G:], G, ADD)
+                row_block_product(a_h, r0, nb, panel, plan_rec, z2f[r0 * G:], G, ACCUMULATE)
             else:
-                for s in range(0, plan_rec.k, plan_rec.kc):
-                    kc = min(plan_rec.kc, plan_rec.k - s)
-                    pack_a_panel(a_h, r0 + nb, r0, s, kc, panel.ap, s * MR)
+                pack_row_block(a_h, r0, nb, panel.ap, plan_rec)
 
 
 @_jit.kernel
@@ -96,25 +104,25 @@ def bwd_recurrence_only(dz2f: F1, rec_a: F1, rec_b: F1, rec_tmp: F1, plan_rec: p
     H = plan_rec.n
     G = plan_rec.k
     a_dz = Operand(dz2f, G, 1)
-    for blk in prange((N + MR - 1) // MR):
-        n0 = MR * blk
-        nb = min(MR, N - n0)
-        panel = Packed(rec_a[blk * MR * G:(blk + 1) * MR * G], rec_b)
-        tmp = rec_tmp[blk * MR * H:(blk + 1) * MR * H]
+    for q in prange(row_block_count(N)):
+        blk = np.int64(q)
+        n0, nb = row_block(blk, N)
+        panel = Packed(row_block_panel(rec_a, blk, G), rec_b)
+        tmp = row_block_panel(rec_tmp, blk, H)
         for t in range(T - 1, -1, -1):
-            klstm.block_product(a_dz, t * N + n0, nb, panel, plan_rec, tmp, H, STORE)
+            row_block_product(a_dz, t * N + n0, nb, panel, plan_rec, tmp, H, OVERWRITE)
 
 
 @_jit.kernel
 def bwd_cells_only(grads: klstm.LSTMGrads, scratch: klstm.LSTMScratch, upstream: klstm.LSTMUpstream, saved: klstm.LSTMSaved,
                    codes: _jit.I1):
-    """The backward recurrence's gate step alone: cell_backward per block of MR sequences and step."""
+    """The backward recurrence's gate step alone: cell_backward per row block of sequences and step."""
     T, N, H = saved.sh.shape
     rec_tmp = scratch.rec_tmp
-    for blk in prange((N + MR - 1) // MR):
-        n0 = MR * blk
-        nb = min(MR, N - n0)
-        tmp = rec_tmp[blk * MR * H:(blk + 1) * MR * H]
+    for q in prange(row_block_count(N)):
+        blk = np.int64(q)
+        n0, nb = row_block(blk, N)
+        tmp = row_block_panel(rec_tmp, blk, H)
         for t in range(T - 1, -1, -1):
             for n in range(n0, n0 + nb):
                 klstm.cell_backward(grads, scratch, upstream, saved, t, n, codes, tmp[(n - n0) * H:(n - n0 + 1) * H])
@@ -148,10 +156,9 @@ def phase_calls(shape, dtype):
                             np.empty((T + 1, N, H), dt), np.empty((T, N, H), dt))
     plan_proj = products.gemm_plan(T * N, 4 * H, n_in, dt)
     plan_rec = products.gemm_plan(N, 4 * H, H, dt)
-    blocks = -(-N // MR)
     pa, pb = products.packed_sizes(plan_proj, dt)
-    buffers = klstm.LSTMBuffers(np.empty(pa, dt), np.empty(pb, dt), np.zeros(blocks * MR * H, dt),
-                                np.empty(products.packed_sizes(plan_rec, dt)[1], dt))
+    buffers = klstm.LSTMBuffers(np.empty(pa, dt), np.empty(pb, dt), np.zeros(products.row_blocks_size(N, H), dt),
+                                np.empty(products.packed_b_size(plan_rec, dt), dt))
     inputs = klstm.LSTMInputs(x, h0, c0, lengths, codes)
     work = T * N * 4 * H * (H + n_in)
     forward = _jit.pick(klstm.lstm_forward, work)
@@ -192,8 +199,8 @@ def phase_calls(shape, dtype):
     plan_dw = products.gemm_plan(G, H + n_in, TN, dt)
     sizes = [*products.packed_sizes(plan_dx, dt), *products.packed_sizes(plan_dw, dt)]
     scr = klstm.LSTMScratch(np.zeros((T, N, 4, H), dt), np.zeros((N, H), dt), np.zeros((N, H), dt),
-                            *(np.zeros(size, dt) for size in sizes), np.zeros(blocks * MR * G, dt),
-                            np.zeros(products.packed_sizes(plan_brec, dt)[1], dt), np.zeros(blocks * MR * H, dt))
+                            *(np.zeros(size, dt) for size in sizes), np.zeros(products.row_blocks_size(N, G), dt),
+                            np.zeros(products.packed_b_size(plan_brec, dt), dt), np.zeros(products.row_blocks_size(N, H), dt))
     backward = _jit.pick(klstm.lstm_backward, 2 * work)
 
     def bwd():
@@ -284,7 +291,7 @@ def main(argv=None):
     result = measure(shapes, args.dtype, args.threads, args.rounds)
     info = _jit.cpu_info()
     print(f"lstm forward phases, {args.dtype}, ms (median of {args.rounds} interleaved rounds); "
-          f"cpu {info['model']} ({info['llvm_cpu']}), MR = {MR}")
+          f"cpu {info['model']} ({info['llvm_cpu']}), register tile {products.tile_shape(args.dtype)}")
     print(table(result, shapes, args.threads, args.markdown))
     return 0
 

@@ -156,7 +156,8 @@ def _core_text() -> str:
     parts = []
     for dt in ("float32", "float64"):
         kc, mc, nc = products.cache_blocks(dt)
-        parts.append(f"{dt} tile {products.MR} x {products.nr_of(dt)}, KC {kc} MC {mc} NC {nc}")
+        mr, nr = products.tile_shape(dt)
+        parts.append(f"{dt} tile {mr} x {nr}, KC {kc} MC {mc} NC {nc}")
     return "; ".join(parts)
 
 

@@ -18,8 +18,9 @@ them.  Every name must exist and every anchor must match at least one line of
 its function's code (docstrings excluded), otherwise :class:`AnchorError` is
 raised: a kernel edit that removes an anchored line fails the tests
 (``tests/test_explain.py``) instead of silently printing less.  Anchors point
-at the plain index-form loops (``dense.dense_reference``, ``products.matmul_reference``, the general
-convolution kernels, the LSTM cell), which read like the cheat sheet.
+at the plain index-form loops (``dense.dense_reference`` and ``dense_backward_reference``,
+``products.matmul_reference``, the general convolution kernels, the LSTM cell and
+``lstm.gate_products_reference`` / ``gate_backward_products_reference``), which read like the cheat sheet.
 """
 
 from __future__ import annotations
@@ -311,6 +312,7 @@ LSTM = Op(
                 "n_t = σ_n(W_c · [h_{t−1}, x_t] + b_c)",
             ),
             (
+                Source("lstm.gate_products_reference", ("acc += W[g, k, j] * hx[t, n, j]", "z[t, n, g, k] = b[g, k] + acc")),
                 Source(_DOT, _DOT_LINE, f"the pre-activations z = b + W · [h_{{t−1}}, x_t] (C = z, A = [h, x], B = Wᵀ): {_GATES}"),
                 Source("lstm.cell_step", ("act_row(a[t, n, g], saved.z[t, n, g], codes[g])",)),
             ),
@@ -360,12 +362,18 @@ LSTM = Op(
         ),
         Equation(
             ("∂L/∂W_g[k, j] = Σ_t ∂L/∂z_g[k] · [h_{t−1}, x_t][j]     (the dense rule, summed over steps and sequences)",),
-            (Source(_DOT, _DOT_LINE, "with C = dW, A = (dL/dz)ᵀ, B = [h_{t−1}, x_t] over all steps (dL/dz is 0 at padded ones)"),),
+            (
+                Source("lstm.gate_backward_products_reference", ("acc += dz[t, n, g, k] * hx[t, n, j]", "dW[g, k, j] += acc")),
+                Source(_DOT, _DOT_LINE, "with C = dW, A = (dL/dz)ᵀ, B = [h_{t−1}, x_t] over all steps (dL/dz is 0 at padded ones)"),
+            ),
             False,
         ),
         Equation(
             ("∂L/∂[h_{t−1}, x_t][j] = Σ_g Σ_k ∂L/∂z_g[k] · W_g[k, j]   (all four gates; the h half flows back to step t−1)",),
-            (Source(_DOT, _DOT_LINE, "with C = d[h, x], A = dL/dz, B = W"),),
+            (
+                Source("lstm.gate_backward_products_reference", ("acc += dz[t, n, g, k] * W[g, k, j]", "dhx[t, n, j] = acc")),
+                Source(_DOT, _DOT_LINE, "with C = d[h, x], A = dL/dz, B = W"),
+            ),
             False,
         ),
     ),

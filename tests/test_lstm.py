@@ -175,6 +175,67 @@ def test_one_and_two_threads_bitwise_equal(dtype, rng, threads):
         assert np.array_equal(a, c)
 
 
+def _kernel_run(twin_fwd, twin_bwd, x, W, b, h0, c0, lengths, dy):
+    """lstm_forward then lstm_backward called as kernels (NaN-filled scratch), for their saved state and dL/dz."""
+    from fastgrad._checks import activation_code
+    from fastgrad.kernels import lstm as klstm
+    from fastgrad.kernels import products
+
+    T, N, n_in = x.shape
+    H = W.shape[1]
+    G = 4 * H
+    dt = x.dtype
+    codes = np.array([activation_code(a, "test") for a in ("sigmoid", "sigmoid", "sigmoid", "tanh", "tanh")], np.int64)
+    out = klstm.LSTMOut(np.empty((T, N, H), dt), np.empty((N, H), dt), np.empty((N, H), dt))
+    saved = klstm.LSTMSaved(np.empty((T, N, H + n_in), dt), np.empty((T, N, 4, H), dt), np.empty((T, N, 4, H), dt),
+                            np.empty((T + 1, N, H), dt), np.empty((T, N, H), dt))
+    plan_proj = products.gemm_plan(T * N, G, n_in, dt)
+    plan_rec = products.gemm_plan(N, G, H, dt)
+    sizes = [*products.packed_sizes(plan_proj, dt), products.row_blocks_size(N, H), products.packed_b_size(plan_rec, dt)]
+    buffers = klstm.LSTMBuffers(*(np.full(size, np.nan, dt) for size in sizes))
+    twin_fwd(out, saved, klstm.LSTMInputs(x, h0, c0, lengths, codes), W, b, buffers, plan_proj, plan_rec)
+    plan_brec = products.gemm_plan(N, H, G, dt)
+    plan_dx = products.gemm_plan(T * N, n_in, G, dt)
+    plan_dw = products.gemm_plan(G, H + n_in, T * N, dt)
+    sizes = [*products.packed_sizes(plan_dx, dt), *products.packed_sizes(plan_dw, dt), products.row_blocks_size(N, G),
+             products.packed_b_size(plan_brec, dt), products.row_blocks_size(N, H)]
+    scratch = klstm.LSTMScratch(np.full((T, N, 4, H), np.nan, dt), np.full((N, H), np.nan, dt), np.full((N, H), np.nan, dt),
+                                *(np.full(size, np.nan, dt) for size in sizes))
+    grads = klstm.LSTMGrads(np.zeros((T, N, n_in), dt), np.zeros_like(W), np.zeros_like(b), np.zeros((N, H), dt), np.zeros((N, H), dt))
+    zeros = np.zeros((N, H), dt)
+    twin_bwd(grads, scratch, klstm.LSTMUpstream(dy, zeros, zeros), saved, W, lengths, codes, plan_brec, plan_dx, plan_dw)
+    return saved, scratch, grads
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("T, N, n_in, H", [(1, 1, 1, 1), (3, 7, 5, 9), (4, 13, 3, 40), (2, 6, 300, 5), (2, 3, 2, 70)])
+def test_gate_products_equal_their_plain_twins_on_edge_shapes(dtype, T, N, n_in, H):
+    """The LSTM's products on the product core (edge tiles; N = 7, 13 short row blocks; I = 300
+    two KC blocks in the projection; 4H = 280 two KC blocks in the backward recurrence) against
+    kernels.lstm.gate_products_reference and gate_backward_products_reference."""
+    from fastgrad.kernels import lstm as klstm
+
+    rng = np.random.default_rng(T * 1000 + N * 100 + n_in + H)
+    x, W, b, h0, c0 = _problem(rng, T, N, n_in, H, dtype)
+    lengths = rng.integers(1, T + 1, N).astype(np.int64)
+    dy = rng.standard_normal((T, N, H)).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for fwd, bwd in ((klstm.lstm_forward.serial, klstm.lstm_backward.serial), (klstm.lstm_forward.parallel, klstm.lstm_backward.parallel)):
+        saved, scratch, grads = _kernel_run(fwd, bwd, x, W, b, h0, c0, lengths, dy)
+        z = np.full_like(saved.z, np.nan)
+        klstm.gate_products_reference(z, saved.hx, W, b)
+        np.testing.assert_allclose(saved.z, z, rtol=tol, atol=tol * np.sqrt(H + n_in) * np.abs(z).max(), err_msg="z")
+        dz = scratch.dz
+        assert np.all(dz[np.arange(T)[:, None] >= lengths[None, :]] == 0)  # no gradient at padded steps
+        dhx = np.full_like(saved.hx, np.nan)
+        dW = np.zeros_like(W)
+        db = np.zeros_like(b)
+        klstm.gate_backward_products_reference(dhx, dW, db, dz, saved.hx, W)
+        for name, got, want, depth in (("dW", grads.dW, dW, T * N), ("db", grads.db, db, T * N),
+                                       ("dx", grads.dx, dhx[:, :, H:], 4 * H), ("dh0", grads.dh0, dhx[0, :, :H], 4 * H)):
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.sqrt(depth) * max(1.0, np.abs(want).max()), err_msg=name)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_thousand_steps_stay_finite(dtype, rng):
     T, N, n_in, H = 1000, 2, 3, 4

@@ -152,3 +152,47 @@ def test_no_write_through_a_bundle_inside_a_parallel_loop():
                     if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Attribute):
                         problems.append(f"{path.name}:{node.lineno}: writes {ast.unparse(target)} inside prange")
     assert not problems, "\n".join(problems)
+
+
+#: what only the product core may name: its register tile (MR rows, NR = 2 lanes columns),
+#: the tile descriptor, the micro-kernel and the panel packers with their offset arithmetic
+_CORE_INTERNALS = {"MR", "nr_of", "Tile", "micro_kernel", "pack_a_panel", "pack_b_panel", "_put_row", "_put_row_partial"}
+
+
+def _core_internals_named(source: str) -> list:
+    """(line, what) for every use of a product-core internal in a module's code (not its prose)."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name) and node.id in _CORE_INTERNALS:
+            found.append((node.lineno, node.id))
+        elif isinstance(node, ast.Attribute) and node.attr in _CORE_INTERNALS:
+            found.append((node.lineno, node.attr))
+        elif isinstance(node, ast.alias) and node.name in _CORE_INTERNALS:
+            found.append((getattr(node, "lineno", 0), node.name))
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+            # NR written out as 2 * lanes(x)
+            for side, other in ((node.left, node.right), (node.right, node.left)):
+                if (isinstance(side, ast.Constant) and side.value == 2 and isinstance(other, ast.Call)
+                        and getattr(other.func, "id", getattr(other.func, "attr", None)) == "lanes"):
+                    found.append((node.lineno, "2 * lanes(...)"))
+    return found
+
+
+def test_the_scan_for_core_internals_finds_them():
+    snippet = ("from .products import MR, Tile\n"
+               "def f(ap, blk):\n"
+               "    nrf = 2 * lanes(ap)\n"
+               "    return products.MR * blk + nrf\n")
+    assert sorted(what for _line, what in _core_internals_named(snippet)) == ["2 * lanes(...)", "MR", "MR", "Tile"]
+    assert _core_internals_named("def f(rows):\n    return row_block_count(rows) * lanes(x)\n") == []
+
+
+def test_no_module_outside_the_product_core_names_its_tile_or_panels():
+    """Dense, LSTM, conv, the fused stack and the benchmarks go through products' entry points."""
+    core = ROOT / "fastgrad" / "kernels" / "products.py"
+    paths = [p for d in ("fastgrad", "benchmarks") for p in sorted((ROOT / d).rglob("*.py")) if p != core]
+    assert len(paths) > 20
+    offenders = [f"{p.relative_to(ROOT)}:{line}: {what}" for p in paths for line, what in _core_internals_named(p.read_text())]
+    assert offenders == [], "\n".join(offenders)

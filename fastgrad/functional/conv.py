@@ -29,7 +29,7 @@ from .._checks import activation_code, as_array, check_alloc, positive_int
 from ..kernels import activations as kact
 from ..kernels import conv as kconv
 from ..kernels.conv import ConvGeometry
-from ..kernels.products import MR
+from ..kernels.products import pack_tap_weights
 from .common import NO_BIAS3, Launch, call_key, grad_buffer, remembered, same_dtype, unpack_grads, upstream
 from .geometry import conv_geometry, conv_out_shape
 
@@ -110,7 +110,7 @@ def forward_checked(x, K, B, B3, geo: ConvGeometry, activation: str, code: int, 
     if geo.sh == 1 and geo.sw == 1:  # stride 1: long contiguous loops over wide planes (kernels.conv)
         xp = pad_wide(x4, geo)
         zw = np.empty((geo.N, geo.M, geo.Lz), x.dtype)
-        wp = pack_rows(K4.reshape(geo.groups, geo.Mg, -1))
+        wp = pack_tap_weights(K4.reshape(geo.groups, geo.Mg, -1))
         launch.forward(y, z, xp, wp, bias, geo, code, zw, launch.forward_offsets)
     else:
         launch.forward(y, z, x4, K4, bias, geo, code)
@@ -206,7 +206,7 @@ def backward_checked(dx, dK, dB, dy, cache: ConvCache, code: int) -> None:
         launch.filter(dK4.reshape(geo.M, -1), dB3, dz, dzw, cache.xp, geo, launch.forward_taps)
         if dx is not None:
             dxw = np.empty((geo.N, geo.C, geo.Qr), x.dtype)
-            kt = pack_rows(filters_by_input(K, geo).reshape(geo.groups, geo.Cg, -1))
+            kt = pack_tap_weights(filters_by_input(K, geo).reshape(geo.groups, geo.Cg, -1))
             launch.data(dx.reshape(x.shape), dzw, kt, geo, dxw, launch.data_offsets)
     else:
         launch.filter(dK4, dB3, dz, x, geo)
@@ -260,16 +260,6 @@ def data_offsets(geo: ConvGeometry) -> np.ndarray:
     """dL/dX's tap offsets (Mg kh kw,): term (k kh + ki) kw + kj at k LD + front - (ki dil_h Wp + kj dil_w)."""
     offsets = _offsets(geo)
     return (np.arange(geo.Mg, dtype=np.int64)[:, None] * geo.LD + geo.front - offsets[None, :]).reshape(-1)
-
-
-def pack_rows(w3: np.ndarray) -> np.ndarray:
-    """Weights (G, rows, R) packed for products.tap_tile: per group and block of MR rows, for each
-    term t the MR values w3[g, r0 + i, t] (zeros past the group's rows), flattened."""
-    G, rows, R = w3.shape
-    blocks = -(-rows // MR)
-    padded = np.zeros((G, blocks * MR, R), w3.dtype)
-    padded[:, :rows] = w3
-    return np.ascontiguousarray(padded.reshape(G, blocks, MR, R).transpose(0, 1, 3, 2)).reshape(-1)
 
 
 def filters_by_input(K4: np.ndarray, geo: ConvGeometry) -> np.ndarray:

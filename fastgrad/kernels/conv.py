@@ -53,8 +53,7 @@ from numba import prange
 
 from .._jit import F1, F2, F3, F4, I1, I2, helper, kernel
 from .activations import act_row
-from .products import MR, dot_taps_1x1, dot_taps_4x3, tap_tile
-from .simd import lanes
+from .products import dot_taps_1x1, dot_taps_4x3, row_block, row_block_count, tap_row
 
 
 class ConvGeometry(NamedTuple):
@@ -250,7 +249,8 @@ def conv_forward(y: F4, z: F4, x: F4, K: F4, B: F3, geo: ConvGeometry, code: int
     G = geo.groups
     Mg = geo.Mg
     nblk = (Mg + BLOCK - 1) // BLOCK
-    for t in prange(geo.N * G * nblk):
+    for it in prange(geo.N * G * nblk):
+        t = np.int64(it)  # one compiled copy of each helper in both twins (a prange index is uint64)
         n = t // (G * nblk)
         g = (t // nblk) % G
         m0 = g * Mg + (t % nblk) * BLOCK
@@ -376,8 +376,8 @@ def conv_backward_data(dx: F4, dz: F4, K: F4, geo: ConvGeometry):
 #
 # The terms of a sum are listed once per call by the functional layer: the
 # forward and dL/dX read a table of flat source offsets ``tapoff`` and weights
-# packed MR rows per term (``products.tap_tile``: an MR x NR register tile of
-# output channels x wide positions); dL/dK reads the (R, 2) table ``taps`` of
+# packed one row block per term (``products.tap_row``: rows of the core's
+# register tile, output channels x wide positions); dL/dK reads the (R, 2) table ``taps`` of
 # (channel, shift) pairs.  Measured 2 threads (AMD Zen 3), forward + backward
 # f32: see the notes of the commit that introduced tap_tile.
 
@@ -395,31 +395,27 @@ def conv_forward_s1(y: F4, z: F4, xp: F3, wp: F1, B: F3, geo: ConvGeometry, code
 
     i.e. Z_k = B_k + sum_j X_j (star) K_kj with xp the zero-padded input.
     Shapes: y, z (N, M, Ho, Wo) overwritten; xp (N, C, PS) the padded input;
-    wp the weights packed per group and block of MR output channels, for each
-    term t = (c kh + ki) kw + kj the MR values K[m0 + i, c, ki, kj] (zeros past
-    the group's channels); B as :func:`conv_forward`; zw (N, M, Lz) workspace;
+    wp the weights packed per group and row block of output channels
+    (``products.pack_tap_weights``: for each term t = (c kh + ki) kw + kj the
+    values K[m0 + i, c, ki, kj] of the block's channels, zeros past the group's); B as :func:`conv_forward`; zw (N, M, Lz) workspace;
     tapoff (Cg kh kw,) the offset c PS + ki dil_h Wp + kj dil_w of each term.
-    Parallel over (sample, group, block of MR output channels), the owner of
+    Parallel over (sample, group, row block of output channels), the owner of
     z[n, k] and zw[n, k]; each block is one row of register tiles
-    (``products.tap_tile``) along the wide positions.
+    (``products.tap_row``) along the wide positions.
     """
     G = geo.groups
     Mg = geo.Mg
-    nblk = (Mg + MR - 1) // MR
-    R = tapoff.shape[0]
+    nblk = row_block_count(Mg)
     xpf = xp.reshape(-1)
     zwf = zw.reshape(-1)
-    nrf = 2 * lanes(wp)
     for t in prange(geo.N * G * nblk):
         n = t // (G * nblk)
         g = (t // nblk) % G
         mb = t % nblk
-        m0 = g * Mg + mb * MR
-        nm = min(MR, g * Mg + Mg - m0)
-        wo = (g * nblk + mb) * R * MR
+        r0, nm = row_block(mb, Mg)
+        m0 = g * Mg + r0
         sbase = (n * geo.C + g * geo.Cg) * geo.PS
-        for p0 in range(0, geo.Lz, nrf):
-            tap_tile(wp, wo, xpf, sbase + p0, tapoff, zwf, (n * geo.M + m0) * geo.Lz + p0, geo.Lz, nm)
+        tap_row(wp, g * nblk + mb, xpf, sbase, tapoff, zwf, (n * geo.M + m0) * geo.Lz, geo.Lz, nm, geo.Lz)
         for oh in range(geo.Ho):
             _bias_rows(z, B, n, m0, nm, oh)
         for q in range(nm):
@@ -486,28 +482,25 @@ def conv_backward_data_s1(dx: F4, dzw: F3, kt: F1, geo: ConvGeometry, dxw: F3, t
     (the full convolution: dzw is dL/dZ at wide positions, zero outside, so the
     sum runs over exactly the (k, ki, kj, oh, ow) of the forward that read x[n, c, ih, iw]).
     Shapes: dx (N, C, H, W); dzw (N, M, LD) the wide dL/dZ; kt the weights
-    packed per group and block of MR input channels, for each term
-    t = (k kh + ki) kw + kj the MR values K[g Mg + k, c0 + i, ki, kj]; dxw
+    packed per group and row block of input channels (``products.pack_tap_weights``:
+    for each term t = (k kh + ki) kw + kj the values K[g Mg + k, c0 + i, ki, kj]); dxw
     (N, C, Qr) workspace; tapoff (Mg kh kw,) the offset k LD + front - ki dil_h
-    Wp - kj dil_w of each term.  Parallel over (sample, group, block of MR input
+    Wp - kj dil_w of each term.  Parallel over (sample, group, row block of input
     channels), the owner of dx[n, c] and dxw[n, c]; register tiles as the forward's.
     """
     Cg = geo.Cg
-    cblk = (Cg + MR - 1) // MR
-    R = tapoff.shape[0]
+    cblk = row_block_count(Cg)
     dzwf = dzw.reshape(-1)
     dxwf = dxw.reshape(-1)
-    nrf = 2 * lanes(kt)
-    for t in prange(geo.N * geo.groups * cblk):
+    for it in prange(geo.N * geo.groups * cblk):
+        t = np.int64(it)  # as in conv_forward_s1
         n = t // (geo.groups * cblk)
         g = (t // cblk) % geo.groups
         cb = t % cblk
-        c0 = g * Cg + cb * MR
-        nc = min(MR, g * Cg + Cg - c0)
-        wo = (g * cblk + cb) * R * MR
+        r0, nc = row_block(cb, Cg)
+        c0 = g * Cg + r0
         sbase = (n * geo.M + g * geo.Mg) * geo.LD
-        for q0 in range(0, geo.Qr, nrf):
-            tap_tile(kt, wo, dzwf, sbase + q0, tapoff, dxwf, (n * geo.C + c0) * geo.Qr + q0, geo.Qr, nc)
+        tap_row(kt, g * cblk + cb, dzwf, sbase, tapoff, dxwf, (n * geo.C + c0) * geo.Qr, geo.Qr, nc, geo.Qr)
         for q in range(nc):
             c = c0 + q
             for ih in range(geo.H):

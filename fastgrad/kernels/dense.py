@@ -31,7 +31,19 @@ from numba import prange
 
 from .._jit import CORE_SERIAL_BELOW, F1, F2, helper, kernel
 from .activations import act_row
-from .products import ACCUMULATE, OVERWRITE, GemmPlan, Operand, Packed, gemm_task, pack_count, pack_item, task_block, task_count
+from .products import (
+    ACCUMULATE,
+    OVERWRITE,
+    GemmPlan,
+    Operand,
+    Packed,
+    gemm_task,
+    pack_count,
+    pack_item,
+    pack_pair_item,
+    task_block,
+    task_count,
+)
 
 #: multiply-adds per product from which dense_backward runs the dx and the dW tasks in two launches
 SPLIT_WORK = 1 << 21
@@ -148,10 +160,7 @@ def dense_backward(grads: DenseGrads, dz: F2, x: F2, W: F2, p_dx: Packed, p_dw: 
     b_dw = Operand(x.reshape(-1), n, 1)  # B[s, j] = x[s, j]
     n_dx = pack_count(p_dx, plan_dx)
     for t in prange(n_dx + pack_count(p_dw, plan_dw)):
-        if t < n_dx:
-            pack_item(t, a_dx, b_dx, p_dx, plan_dx)
-        else:
-            pack_item(t - n_dx, a_dw, b_dw, p_dw, plan_dw)
+        pack_pair_item(np.int64(t), n_dx, a_dx, b_dx, p_dx, plan_dx, a_dw, b_dw, p_dw, plan_dw)
     # The tasks of both products in one launch, or the dx tasks then the dW tasks
     # in two once each product has SPLIT_WORK multiply-adds: mixed in one launch the
     # two threads work on different products at once and the large cases ran slower

@@ -24,7 +24,7 @@ dL/dh_t is the upstream gradient on the output h_t plus dL/dh_t flowing back
 from step t+1 (the last line above); the sum over g runs over all four gates.
 
 Every matrix product runs through the product core (``kernels.products``:
-packed panels, the MR x NR vector register tile, cache blocks from the CPU),
+packed panels, a register tile of vectors, cache blocks from the CPU),
 with the gate and unit merged, gk = g H + k, W viewed as W2 (4H, H+I) and read
 through strides (no transposed copy).  Race-free and bitwise identical at any
 thread count:
@@ -32,8 +32,8 @@ thread count:
 * input projection ``b + W[:, :, H:] . x_t`` for every (t, n) before the time
   loop: one product (TN, I) x (I, 4H), parallel over its tasks;
 * the recurrence ``z_t += h_{t-1} W[:, :, :H]^T``: time is serial inside each
-  sequence and sequences are independent, so the loop is parallel over blocks
-  of MR sequences with the whole time loop inside (one parallel launch per
+  sequence and sequences are independent, so the loop is parallel over the
+  core's row blocks of sequences with the whole time loop inside (one parallel launch per
   call, no per-step barrier); W[:, :, :H]^T is packed once per call, h_{t-1}
   of the block is packed per step and one micro-kernel row of tiles adds the
   block's four gates;
@@ -58,24 +58,23 @@ from .._jit import CORE_SERIAL_BELOW, F1, F2, F3, F4, I1, helper, kernel
 from .activations import act_row, dact_from_output_row
 from .products import (
     ACCUMULATE,
-    ADD,
-    MR,
     OVERWRITE,
-    STORE,
     GemmPlan,
     Operand,
     Packed,
-    Tile,
     gemm_task,
-    micro_kernel,
-    pack_a_panel,
-    pack_b_panel,
+    pack_b_count,
+    pack_b_item,
     pack_count,
     pack_item,
+    pack_pair_item,
+    row_block,
+    row_block_count,
+    row_block_panel,
+    row_block_product,
     task_block,
     task_count,
 )
-from .simd import lanes
 
 GATE_F, GATE_I, GATE_O, GATE_N = 0, 1, 2, 3
 SLOT_H = 4
@@ -135,7 +134,7 @@ class LSTMUpstream(NamedTuple):
 class LSTMBuffers(NamedTuple):
     """Packing buffers of lstm_forward (overwritten): a, b of the input projection
     (``products.packed_sizes``); rec_b W[:, :, :H]^T packed once per call; rec_a one
-    MR x H panel of h_{t-1} per block of MR sequences."""
+    panel of h_{t-1} per row block of sequences (``products.row_blocks_size(N, H)``)."""
 
     a: F1
     b: F1
@@ -149,8 +148,8 @@ class LSTMScratch(NamedTuple):
     dz (T, N, 4, H) dL/dz per gate (0 at padded steps); dh, dc (N, H) the carries
     dL/dh_t and dL/dc_{t+1} f_{t+1} flowing back through time; the packing
     buffers of dx (dx_a, dx_b) and dW (dw_a, dw_b); rec_b W[:, :, :H] packed once,
-    rec_a one MR x 4H panel of dz_t and rec_tmp one MR x H tile per block of MR
-    sequences.
+    rec_a one panel of dz_t (``products.row_blocks_size(N, 4H)``) and rec_tmp one
+    tile of dL/dh_{t-1} (``row_blocks_size(N, H)``) per row block of sequences.
     """
 
     dz: F4
@@ -207,26 +206,55 @@ def padded_step(out, saved, t, n):
 
 
 @helper
-def block_product(a, r0, nb, packed, plan, c, ldc, mode):
-    """C[r0 + r, :] (+)= sum_p A[r0 + r, p] B[p, :] for the nb <= MR rows of one block, on the packed B.
+def gate_products_reference(z, hx, W, b):
+    """z[t, n, g, k] = b[g, k] + sum_j W[g, k, j] [h_{t-1}, x_t][j]: the plain loop of the gates'
+    pre-activations that lstm_forward's projection and recurrence compute (the tests' oracle).
 
-    The block's rows of A are packed into its own panel (per KC block), then
-    one row of register tiles runs along all of B's columns.  ``mode`` is the
-    micro-kernel's (products.STORE or ADD); C is flat with row length ldc and
-    its block starts at row 0 (the caller passes the block's slice).
+    hx (T, N, H+I) the rows [h_{t-1}, x_t] (saved by the forward); z (T, N, 4, H) overwritten.
     """
-    ap = packed.ap
-    nrf = 2 * lanes(ap)
-    npad = (plan.n + nrf - 1) // nrf * nrf
-    for s in range(0, plan.k, plan.kc):
-        kc = min(plan.kc, plan.k - s)
-        pack_a_panel(a, r0 + nb, r0, s, kc, ap, s * MR)
-    for s in range(0, plan.k, plan.kc):
-        kc = min(plan.kc, plan.k - s)
-        block_mode = mode if s == 0 else ADD
-        for j in range(0, plan.n, nrf):
-            tile = Tile(s * MR, s * npad + j * kc, j, nb, min(nrf, plan.n - j), j)
-            micro_kernel(kc, packed, tile, c, ldc, ap[:0], block_mode)
+    T, N, HI = hx.shape
+    H = W.shape[1]
+    for t in range(T):
+        for n in range(N):
+            for g in range(4):
+                for k in range(H):
+                    acc = z.dtype.type(0)
+                    for j in range(HI):
+                        acc += W[g, k, j] * hx[t, n, j]
+                    z[t, n, g, k] = b[g, k] + acc
+
+
+@helper
+def gate_backward_products_reference(dhx, dW, db, dz, hx, W):
+    """The plain loops of lstm_backward's products (the tests' oracle), from dL/dz of every step:
+
+    dW[g, k, j] += sum_{t, n} dL/dz[t, n, g, k] [h_{t-1}, x_t][j];   db[g, k] += sum_{t, n} dL/dz[t, n, g, k];
+    dhx[t, n, j] = sum_{g, k} dL/dz[t, n, g, k] W[g, k, j]   (overwritten: j < H is dL/dh_{t-1}, H + j is dL/dx_t[j]).
+    """
+    T, N, HI = hx.shape
+    H = W.shape[1]
+    zero = dz.dtype.type(0)
+    for g in range(4):
+        for k in range(H):
+            for j in range(HI):
+                acc = zero
+                for t in range(T):
+                    for n in range(N):
+                        acc += dz[t, n, g, k] * hx[t, n, j]
+                dW[g, k, j] += acc
+            acc = zero
+            for t in range(T):
+                for n in range(N):
+                    acc += dz[t, n, g, k]
+            db[g, k] += acc
+    for t in range(T):
+        for n in range(N):
+            for j in range(HI):
+                acc = zero
+                for g in range(4):
+                    for k in range(H):
+                        acc += dz[t, n, g, k] * W[g, k, j]
+                dhx[t, n, j] = acc
 
 
 @kernel(serial_below=CORE_SERIAL_BELOW)
@@ -269,41 +297,36 @@ def lstm_forward(out: LSTMOut, saved: LSTMSaved, inputs: LSTMInputs, W: F3, b: F
     b_x = Operand(W2f[H:], 1, HI)
     b_h = Operand(W2f, 1, HI)
     n_proj = pack_count(proj, plan_proj)
-    nrf = 2 * lanes(rec_b)
-    n_rec = (plan_rec.n + nrf - 1) // nrf
-    n_kb = (plan_rec.k + plan_rec.kc - 1) // plan_rec.kc
-    for it in prange(n_proj + n_rec * n_kb + (TN + 63) // 64):
+    n_rec = pack_b_count(rec_b, plan_rec)
+    for q in prange(n_proj + n_rec + (TN + 63) // 64):
+        it = np.int64(q)
         if it < n_proj:
             pack_item(it, a_x, b_x, proj, plan_proj)
-        elif it < n_proj + n_rec * n_kb:
-            q = it - n_proj
-            s = (q // n_rec) * plan_rec.kc
-            j0 = (q % n_rec) * nrf
-            kc = min(plan_rec.kc, plan_rec.k - s)
-            pack_b_panel(b_h, plan_rec.n, j0, s, kc, rec_b, s * n_rec * nrf + j0 * kc)
+        elif it < n_proj + n_rec:
+            pack_b_item(it - n_proj, b_h, rec_b, plan_rec)
         else:
-            r0 = 64 * (it - n_proj - n_rec * n_kb)
+            r0 = 64 * (it - n_proj - n_rec)
             for r in range(r0, min(r0 + 64, TN)):
                 for j in range(n_in):
                     hx2[r, H + j] = x2[r, j]
     for t in prange(task_count(plan_proj)):
         gemm_task(np.int64(t), z2f, G, b.reshape(-1), OVERWRITE, proj, plan_proj)
-    # The recurrence: time serial inside each block of MR sequences, blocks in
+    # The recurrence: time serial inside each row block of sequences, blocks in
     # parallel (one launch per call).  z_g[k] += sum_j W_g[k, j] h_{t-1}[j] for the
     # four gates of the block's sequences in one row of register tiles.
     a_h = Operand(hx2.reshape(-1), HI, 1)
     rec_a = buffers.rec_a
-    for blk in prange((N + MR - 1) // MR):
-        n0 = MR * blk
-        nb = min(MR, N - n0)
-        panel = Packed(rec_a[blk * MR * H:(blk + 1) * MR * H], rec_b)
+    for q in prange(row_block_count(N)):
+        blk = np.int64(q)
+        n0, nb = row_block(blk, N)
+        panel = Packed(row_block_panel(rec_a, blk, H), rec_b)
         for n in range(n0, n0 + nb):
             for k in range(H):
                 hx[0, n, k] = h0[n, k]
                 c[0, n, k] = c0[n, k]
         for t in range(T):
             r0 = t * N + n0
-            block_product(a_h, r0, nb, panel, plan_rec, z2f[r0 * G:], G, ADD)
+            row_block_product(a_h, r0, nb, panel, plan_rec, z2f[r0 * G:], G, ACCUMULATE)
             for n in range(n0, n0 + nb):
                 L = lengths[n]
                 if t < L:
@@ -389,20 +412,15 @@ def lstm_backward(grads: LSTMGrads, scratch: LSTMScratch, upstream: LSTMUpstream
     rec_tmp = scratch.rec_tmp
     # W[:, :, :H] packed as B (4H, H), B[gk, j] = W_g[k, j], for dL/dh_{t-1} = dz_t B
     b_h = Operand(W2f, HI, 1)
-    nrf = 2 * lanes(rec_b)
-    n_rec = (plan_rec.n + nrf - 1) // nrf
-    for q in prange(n_rec * ((plan_rec.k + plan_rec.kc - 1) // plan_rec.kc)):
-        s = (q // n_rec) * plan_rec.kc
-        j0 = (q % n_rec) * nrf
-        kc = min(plan_rec.kc, plan_rec.k - s)
-        pack_b_panel(b_h, plan_rec.n, j0, s, kc, rec_b, s * n_rec * nrf + j0 * kc)
-    # The recurrence backwards in time, parallel over blocks of MR sequences.
+    for q in prange(pack_b_count(rec_b, plan_rec)):
+        pack_b_item(np.int64(q), b_h, rec_b, plan_rec)
+    # The recurrence backwards in time, parallel over row blocks of sequences.
     a_dz = Operand(dz2f, G, 1)
-    for blk in prange((N + MR - 1) // MR):
-        n0 = MR * blk
-        nb = min(MR, N - n0)
-        panel = Packed(rec_a[blk * MR * G:(blk + 1) * MR * G], rec_b)
-        tmp = rec_tmp[blk * MR * H:(blk + 1) * MR * H]
+    for q in prange(row_block_count(N)):
+        blk = np.int64(q)
+        n0, nb = row_block(blk, N)
+        panel = Packed(row_block_panel(rec_a, blk, G), rec_b)
+        tmp = row_block_panel(rec_tmp, blk, H)
         Lmax = 0
         for n in range(n0, n0 + nb):
             L = lengths[n]
@@ -416,11 +434,11 @@ def lstm_backward(grads: LSTMGrads, scratch: LSTMScratch, upstream: LSTMUpstream
         for t in range(Lmax - 1, -1, -1):
             for n in range(n0, n0 + nb):
                 if t < lengths[n]:
-                    # the block's product tile is free until block_product below: sigma_h' goes there
+                    # the block's product tile is free until row_block_product below: sigma_h' goes there
                     cell_backward(grads, scratch, upstream, saved, t, n, codes, tmp[(n - n0) * H:(n - n0 + 1) * H])
             # reverses z_g = W_g . [h_{t-1}, x_t] + b_g for the h half:
             # dL/dh_{t-1}[j] = sum over ALL FOUR gates g, k of dL/dz_g[k] W_g[k, j]
-            block_product(a_dz, t * N + n0, nb, panel, plan_rec, tmp, H, STORE)
+            row_block_product(a_dz, t * N + n0, nb, panel, plan_rec, tmp, H, OVERWRITE)
             for n in range(n0, n0 + nb):
                 if t < lengths[n]:
                     for j in range(H):
@@ -443,10 +461,7 @@ def lstm_backward(grads: LSTMGrads, scratch: LSTMScratch, upstream: LSTMUpstream
     b_dw = Operand(hx2f, HI, 1)
     n_dx = pack_count(p_dx, plan_dx)
     for t in prange(n_dx + pack_count(p_dw, plan_dw)):
-        if t < n_dx:
-            pack_item(t, a_dx, b_dx, p_dx, plan_dx)
-        else:
-            pack_item(t - n_dx, a_dw, b_dw, p_dw, plan_dw)
+        pack_pair_item(np.int64(t), n_dx, a_dx, b_dx, p_dx, plan_dx, a_dw, b_dw, p_dw, plan_dw)
     # The two products in two launches, not one: their tasks mixed in one launch
     # ran 1.5x slower (products phase 7.1 -> 4.6 ms at (100, 16, 128, 128) float32,
     # char-LM sizes 5.8 -> 3.9 ms; AMD EPYC Zen 3, 2 threads, 45 interleaved calls).

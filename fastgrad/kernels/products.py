@@ -1,30 +1,61 @@
-"""The products shared by dense, conv and LSTM: the product core and its plain twin.
+"""The products shared by dense, conv and LSTM: the product core, its entry points and its plain twin.
 
 **The product core** (this module's first half), for every matrix product of
 dense and LSTM::
 
     C[i, j] (+)= bias[j] + sum_p A[i, p] B[p, j]        C (m, n), A (m, k), B (k, n)
 
-is the Goto/BLIS structure on explicit SIMD vectors (kernels.simd):
+is the Goto/BLIS structure on explicit SIMD vectors (kernels.simd).  Its loop
+nest, outermost first, with where each piece lives::
 
-* both operands are packed, per KC block of p, into micro-panels: MR rows of A
-  (for each p, MR consecutive values) and NR = 2 W columns of B (for each p,
-  NR consecutive values; W = the lanes of one vector register), zero-padded at
-  the edges so the micro-kernel never has an edge case in its p loop;
-* the micro-kernel holds an MR x NR tile of C in 12 vector registers across the
-  KC steps: per p, two vector loads of B and MR broadcasts of A feed 2 MR fused
-  multiply-adds, with no horizontal sum and no C traffic inside the loop;
-* a task is an (MC rows) x (NC columns) block of C over all of p; the KC, MC and
-  NC blocks come from the cache sizes of the CPU (:func:`gemm_plan`), the task
-  grid from the shapes only.
+    plan = gemm_plan(m, n, k, dtype)                 # Python: KC, MC, NC from the CPU's caches
+    launch 1, parallel over packing items            # pack_count / pack_item
+        for each KC block s of p, each MR-row panel of A and NR-column panel of B:
+            copy it, zero-padded, into the packed buffers (Packed, sizes: packed_sizes)
+    launch 2, parallel over tasks                    # task_count / gemm_task: the task grid
+        task t owns C[i0:i1, j0:j1]  (MC x NC)       # task_block(t, plan)
+        for s in KC blocks of p:                     # in order: the same sum on any thread
+            for j in NR-column panels of the block:
+                for i in MR-row panels of the block:
+                    micro-kernel: the MR x NR tile of C in 12 vector registers,
+                    for p in s .. s + KC: 2 vector loads of B, MR broadcasts of A,
+                    2 MR fused multiply-adds; then store / add / bias-store the tile
+
+* MR = 6 rows x NR = 2 W columns (W = the lanes of one vector register): 12
+  accumulators + 2 B vectors + 1 broadcast = 15 of AVX2's 16 registers;
+* KC, MC and NC come from the cache sizes (:func:`cache_blocks`), the task grid
+  from the shapes only (:func:`gemm_plan`; at least MIN_TASKS tasks).
+
+The entry points the layers use (nobody outside this module names MR, NR, a
+panel or an offset into one; tests/test_style.py checks it):
+
+* sizing, in Python: :func:`gemm_plan`, :func:`packed_sizes`,
+  :func:`packed_b_size`, :func:`row_blocks_size`, :func:`tile_shape`;
+  ``NO_PRODUCT`` for a product nobody reads;
+* one product from a kernel: ``pack_item`` over ``pack_count`` items, then
+  ``gemm_task`` over ``task_count`` tasks (``task_block`` tells a task's block,
+  for an epilogue on it while it is in cache: dense's activation, dL/db);
+  :func:`pack_pair_item` packs two products in one launch;
+* a product whose rows arrive one block at a time (the LSTM recurrence):
+  B packed once (:func:`pack_b_item`), then per row block and step
+  :func:`row_block_product` (:func:`row_block_count`, :func:`row_block`,
+  :func:`row_block_panel`);
+* the stride-1 convolution: :func:`pack_tap_weights` and :func:`tap_row`.
+
+:func:`matmul` is the whole nest as one kernel; :func:`matmul_reference` the
+plain index-form loop it computes (the tests' oracle).
 
 Race freedom and determinism: packing writes disjoint panels; a task owns its
 block of C; every element is the same sequence of fused multiply-adds (p in
 order inside a KC block, KC blocks in order) whichever thread runs it, so
 results are bitwise identical at any thread count.  Operands are read through
 strides (:class:`Operand`), so one compiled kernel serves x W^T, dz W and dz^T x
-without transposed copies.  :func:`matmul_reference` is the plain index-form
-loop the core computes (the tests' oracle).
+without transposed copies.
+
+Two products' tasks mixed in one launch run slower than the two launched one
+after the other once both are large (each thread then streams a different
+packed B through its caches): measured under dense.SPLIT_WORK and in
+lstm_backward.
 
 **The stride-1 convolution's products** (second half), over the wide planes
 of kernels.conv: :func:`tap_tile`, the same register tile reading its second
@@ -181,6 +212,31 @@ def packed_sizes(plan: GemmPlan, dtype) -> tuple:
 def _packed_sizes(plan: GemmPlan, dtype: np.dtype) -> tuple:
     nr = nr_of(dtype)
     return max(1, -(-plan.m // MR) * MR * plan.k), max(1, plan.k * -(-plan.n // nr) * nr)
+
+
+def tile_shape(dtype) -> tuple:
+    """(MR, NR): the rows and columns of the register tile for a dtype."""
+    return MR, nr_of(dtype)
+
+
+def row_blocks_size(rows: int, width: int) -> int:
+    """Values of a buffer holding one MR x width panel per row block of ``rows`` rows (:func:`row_block`)."""
+    return max(1, -(-int(rows) // MR) * MR * int(width))
+
+
+def packed_b_size(plan: GemmPlan, dtype) -> int:
+    """Values of the packed B of a plan alone (:func:`pack_b_item`; :func:`row_block_product` reads it)."""
+    return packed_sizes(plan, dtype)[1]
+
+
+def pack_tap_weights(w3: np.ndarray) -> np.ndarray:
+    """Weights (G, rows, R) packed for :func:`tap_row`: per group and row block, for each
+    term t the MR values w3[g, r0 + i, t] (zeros past the group's rows), flattened."""
+    G, rows, R = w3.shape
+    blocks = -(-rows // MR)
+    padded = np.zeros((G, blocks * MR, R), w3.dtype)
+    padded[:, :rows] = w3
+    return np.ascontiguousarray(padded.reshape(G, blocks, MR, R).transpose(0, 1, 3, 2)).reshape(-1)
 
 
 @helper
@@ -393,6 +449,34 @@ def pack_item(t, a, b, packed, plan):
 
 
 @helper
+def pack_pair_item(t, n_first, a1, b1, p1, plan1, a2, b2, p2, plan2):
+    """Item t of two products packed in one launch: items below n_first = pack_count(p1, plan1)
+    are the first product's, the rest the second's."""
+    if t < n_first:
+        pack_item(t, a1, b1, p1, plan1)
+    else:
+        pack_item(t - n_first, a2, b2, p2, plan2)
+
+
+@helper
+def pack_b_count(bp, plan):
+    """The packing items of B alone (for :func:`row_block_product`): one per (KC block, B micro-panel)."""
+    nrf = 2 * lanes(bp)
+    return ((plan.n + nrf - 1) // nrf) * ((plan.k + plan.kc - 1) // plan.kc)
+
+
+@helper
+def pack_b_item(q, b, bp, plan):
+    """Pack item q of B alone, into the layout pack_item gives B: micro-panel q % panels of KC block q // panels."""
+    nrf = 2 * lanes(bp)
+    panels = (plan.n + nrf - 1) // nrf
+    s = (q // panels) * plan.kc
+    j0 = (q % panels) * nrf
+    kc = min(plan.kc, plan.k - s)
+    pack_b_panel(b, plan.n, j0, s, kc, bp, s * panels * nrf + j0 * kc)
+
+
+@helper
 def task_count(plan):
     """The tasks (blocks of C) of a plan."""
     return ((plan.m + plan.mc - 1) // plan.mc) * ((plan.n + plan.nc - 1) // plan.nc)
@@ -431,6 +515,57 @@ def gemm_task(t, c, ldc, bias, accumulate, packed, plan):
         for i in range(i0, i1):
             for j in range(j0, j1):
                 c[i * ldc + j] = bias[j] if bias.shape[0] > 0 else 0
+
+
+@helper
+def row_block_count(rows):
+    """The row blocks (of MR rows, the last one shorter) of ``rows`` rows."""
+    return (rows + MR - 1) // MR
+
+
+@helper
+def row_block(blk, rows):
+    """(r0, nb): the first row of row block blk and its row count (nb <= MR)."""
+    r0 = MR * blk
+    return r0, min(MR, rows - r0)
+
+
+@helper
+def row_block_panel(buf, blk, width):
+    """Row block blk's panel of MR x width values in a buffer of :func:`row_blocks_size` (rows, width)."""
+    return buf[blk * MR * width:(blk + 1) * MR * width]
+
+
+@helper
+def pack_row_block(a, r0, nb, ap, plan):
+    """Rows r0 .. r0 + nb - 1 of A packed into one row block's panel ap, per KC block (zero rows past nb)."""
+    for s in range(0, plan.k, plan.kc):
+        kc = min(plan.kc, plan.k - s)
+        pack_a_panel(a, r0 + nb, r0, s, kc, ap, s * MR)
+
+
+@helper
+def row_block_product(a, r0, nb, packed, plan, c, ldc, accumulate):
+    """C[r, :] (+)= sum_p A[r0 + r, p] B[p, :] for the nb rows r < nb of one row block, on a packed B.
+
+    For a product whose rows arrive one block at a time (the LSTM's recurrence:
+    row t N + n needs step t - 1 done).  packed.ap is the block's own panel
+    (:func:`row_block_panel` of a :func:`row_blocks_size` buffer); packed.bp all
+    of B, packed once by :func:`pack_b_item`.  The block's rows of A are packed
+    per KC block, then one row of register tiles runs along all of B's columns.
+    C is flat with row length ldc and starts at the block's first row; with
+    ``accumulate`` the tiles add to C, otherwise the first KC block stores.
+    """
+    ap = packed.ap
+    nrf = 2 * lanes(ap)
+    npad = (plan.n + nrf - 1) // nrf * nrf
+    pack_row_block(a, r0, nb, ap, plan)
+    for s in range(0, plan.k, plan.kc):
+        kc = min(plan.kc, plan.k - s)
+        mode = ADD if s > 0 or accumulate else STORE
+        for j in range(0, plan.n, nrf):
+            tile = Tile(s * MR, s * npad + j * kc, j, nb, min(nrf, plan.n - j), j)
+            micro_kernel(kc, packed, tile, c, ldc, ap[:0], mode)
 
 
 @kernel(serial_below=CORE_SERIAL_BELOW)
@@ -518,6 +653,17 @@ def tap_tile(wp, wo, srcf, sbase, tapoff, outf, co, ldo, mr):
         _put_row(outf, co + 4 * ldo, w, c40, c41, False)
     if mr > 5:
         _put_row(outf, co + 5 * ldo, w, c50, c51, False)
+
+
+@helper
+def tap_row(wp, blk, srcf, sbase, tapoff, outf, co, ldo, mr, length):
+    """One row of :func:`tap_tile` calls along ``length`` wide positions (NR per tile):
+    outf[co + i ldo + q] = sum_t W[blk][t, i] srcf[sbase + tapoff[t] + q] for i < mr, q < length
+    (rounded up to NR), with W[blk] row block blk of :func:`pack_tap_weights` (group-major)."""
+    nrf = 2 * lanes(wp)
+    wo = blk * tapoff.shape[0] * MR
+    for q0 in range(0, length, nrf):
+        tap_tile(wp, wo, srcf, sbase + q0, tapoff, outf, co + q0, ldo, mr)
 
 
 @helper
