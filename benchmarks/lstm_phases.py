@@ -42,11 +42,7 @@ median call (phases interleaved inside a round), at ``--threads`` threads and at
 blocks: N = 16 sequences make 3 blocks of MR = 6 for 2 threads).
 """
 
-import argparse
-import statistics
-import time
 
-import numba
 import numpy as np
 from numba import prange
 
@@ -66,6 +62,8 @@ from fastgrad.kernels.products import (
     row_block_panel,
     row_block_product,
 )
+
+from .phases import interleaved, parse_args, render
 
 #: (T, N, I, H): the benchmark runner's S, M, L and the char-LM example's sizes.
 SHAPES = {
@@ -126,17 +124,6 @@ def bwd_cells_only(grads: klstm.LSTMGrads, scratch: klstm.LSTMScratch, upstream:
         for t in range(T - 1, -1, -1):
             for n in range(n0, n0 + nb):
                 klstm.cell_backward(grads, scratch, upstream, saved, t, n, codes, tmp[(n - n0) * H:(n - n0 + 1) * H])
-
-
-def _median_call(fn, min_time=0.05, max_calls=200):
-    fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < max_calls and (len(times) < 5 or time.perf_counter() - start < min_time):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def phase_calls(shape, dtype):
@@ -236,17 +223,7 @@ def phase_calls(shape, dtype):
 
 def measure(shapes, dtype, threads, rounds):
     """{(shape name, threads): {phase: median seconds}} over interleaved rounds."""
-    calls = {name: phase_calls(SHAPES[name], dtype) for name in shapes}
-    samples = {}
-    for r in range(rounds):
-        for nt in sorted({threads, 1}, reverse=True):
-            numba.set_num_threads(nt)
-            for name in shapes:
-                for phase, fn in calls[name].items():
-                    samples.setdefault((name, nt), {}).setdefault(phase, []).append(_median_call(fn))
-        print(f"round {r + 1}/{rounds} done", flush=True)
-    numba.set_num_threads(threads)
-    return {key: {phase: statistics.median(v) for phase, v in phases.items()} for key, phases in samples.items()}
+    return interleaved({name: phase_calls(SHAPES[name], dtype) for name in shapes}, threads, rounds)
 
 
 def table(result, shapes, threads, markdown):
@@ -264,30 +241,12 @@ def table(result, shapes, threads, markdown):
                          f"{rec_flop / p['rec product'] / 1e9:.1f}",
                          *(f"{1e3 * p[k]:.3f}" for k in ("bwd", "bwd dx+dW", "bwd rec product", "bwd cell")),
                          f"{1e3 * (p['bwd'] - p['bwd dx+dW'] - p['bwd rec product'] - p['bwd cell']):.3f}"])
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-    else:
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-        lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
-        lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines)
+    return render(head, rows, markdown)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.lstm_phases", description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS)
-    parser.add_argument("--shapes", default=",".join(SHAPES))
-    parser.add_argument("--markdown", action="store_true")
-    args = parser.parse_args(argv)
-    shapes = [s for s in args.shapes.split(",") if s]
-    unknown = [s for s in shapes if s not in SHAPES]
-    if unknown:
-        parser.error(f"unknown shape(s) {unknown}; choose from {list(SHAPES)}")
-    if args.rounds < 1:
-        parser.error("--rounds must be >= 1")
+    args = parse_args("python -m benchmarks.lstm_phases", __doc__.split("\n")[0], SHAPES, argv)
+    shapes = args.shapes
     result = measure(shapes, args.dtype, args.threads, args.rounds)
     info = _jit.cpu_info()
     print(f"lstm forward phases, {args.dtype}, ms (median of {args.rounds} interleaved rounds); "
