@@ -397,7 +397,8 @@ def conv_forward_s1(y: F4, z: F4, xp: F3, wp: F1, B: F3, geo: ConvGeometry, code
     Shapes: y, z (N, M, Ho, Wo) overwritten; xp (N, C, PS) the padded input;
     wp the weights packed per group and row block of output channels
     (``products.pack_tap_weights``: for each term t = (c kh + ki) kw + kj the
-    values K[m0 + i, c, ki, kj] of the block's channels, zeros past the group's); B as :func:`conv_forward`; zw (N, M, Lz) workspace;
+    values K[m0 + i, c, ki, kj] of the block's channels, zeros past the group's);
+    B as :func:`conv_forward`; zw (N, M, Lz) workspace;
     tapoff (Cg kh kw,) the offset c PS + ki dil_h Wp + kj dil_w of each term.
     Parallel over (sample, group, row block of output channels), the owner of
     z[n, k] and zw[n, k]; each block is one row of register tiles
@@ -415,7 +416,7 @@ def conv_forward_s1(y: F4, z: F4, xp: F3, wp: F1, B: F3, geo: ConvGeometry, code
         r0, nm = row_block(mb, Mg)
         m0 = g * Mg + r0
         sbase = (n * geo.C + g * geo.Cg) * geo.PS
-        tap_row(wp, g * nblk + mb, xpf, sbase, tapoff, zwf, (n * geo.M + m0) * geo.Lz, geo.Lz, nm, geo.Lz)
+        tap_row(wp, g * nblk + mb, xpf, sbase, tapoff, zwf, (n * geo.M + m0) * geo.Lz, geo.Lz, nm)
         for oh in range(geo.Ho):
             _bias_rows(z, B, n, m0, nm, oh)
         for q in range(nm):
@@ -500,7 +501,7 @@ def conv_backward_data_s1(dx: F4, dzw: F3, kt: F1, geo: ConvGeometry, dxw: F3, t
         r0, nc = row_block(cb, Cg)
         c0 = g * Cg + r0
         sbase = (n * geo.M + g * geo.Mg) * geo.LD
-        tap_row(kt, g * cblk + cb, dzwf, sbase, tapoff, dxwf, (n * geo.C + c0) * geo.Qr, geo.Qr, nc, geo.Qr)
+        tap_row(kt, g * cblk + cb, dzwf, sbase, tapoff, dxwf, (n * geo.C + c0) * geo.Qr, geo.Qr, nc)
         for q in range(nc):
             c = c0 + q
             for ih in range(geo.H):

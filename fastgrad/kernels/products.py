@@ -444,8 +444,8 @@ def pack_item(t, a, b, packed, plan):
     if q < mp:
         pack_a_panel(a, plan.m, q * MR, s, kc, ap, s * mp * MR + q * MR * kc)
     else:
-        q -= mp
-        pack_b_panel(b, plan.n, q * nrf, s, kc, bp, s * np_ * nrf + q * nrf * kc)
+        # B micro-panel q - mp of this KC block, where pack_b_item puts it
+        pack_b_item((t // per_block) * np_ + q - mp, b, bp, plan)
 
 
 @helper
@@ -656,13 +656,13 @@ def tap_tile(wp, wo, srcf, sbase, tapoff, outf, co, ldo, mr):
 
 
 @helper
-def tap_row(wp, blk, srcf, sbase, tapoff, outf, co, ldo, mr, length):
-    """One row of :func:`tap_tile` calls along ``length`` wide positions (NR per tile):
-    outf[co + i ldo + q] = sum_t W[blk][t, i] srcf[sbase + tapoff[t] + q] for i < mr, q < length
-    (rounded up to NR), with W[blk] row block blk of :func:`pack_tap_weights` (group-major)."""
+def tap_row(wp, blk, srcf, sbase, tapoff, outf, co, ldo, mr):
+    """One row of :func:`tap_tile` calls along the ldo wide positions of mr output rows (NR per tile):
+    outf[co + i ldo + q] = sum_t W[blk][t, i] srcf[sbase + tapoff[t] + q] for i < mr, q < ldo
+    (the last tile runs to a multiple of NR), with W[blk] row block blk of :func:`pack_tap_weights` (group-major)."""
     nrf = 2 * lanes(wp)
     wo = blk * tapoff.shape[0] * MR
-    for q0 in range(0, length, nrf):
+    for q0 in range(0, ldo, nrf):
         tap_tile(wp, wo, srcf, sbase + q0, tapoff, outf, co + q0, ldo, mr)
 
 
