@@ -20,7 +20,7 @@ from . import functional
 from ._checks import get_check_finite, set_check_finite
 from .callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .config import get_num_threads, set_num_threads, show_config, warmup
+from .config import get_num_threads, release_memory, set_num_threads, show_config, warmup
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck, gradcheck_fn
 from .io import ModelFileError, load, load_weights, save
 from .kernels.activations import ACTIVATIONS
@@ -113,6 +113,7 @@ __all__ = [
     "GradcheckError",
     "GradcheckReport",
     "set_num_threads",
+    "release_memory",
     "get_num_threads",
     "show_config",
     "warmup",

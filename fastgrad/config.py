@@ -14,7 +14,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from . import _jit
+from . import _jit, _workspace
 from ._checks import float_dtype, positive_int
 
 
@@ -32,6 +32,17 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     return int(numba.get_num_threads())
+
+
+def release_memory() -> int:
+    """Give back what fastgrad keeps between calls on the calling thread; returns the bytes released.
+
+    Layers and functional ops reuse their results' arrays once nobody holds
+    them (up to 128 MiB per thread) and one scratch buffer per thread (up to
+    256 MiB), so a training loop does not page-fault fresh memory every step.
+    After a large one-off computation this returns that memory to the allocator.
+    """
+    return _workspace.release()
 
 
 def _threading_layer() -> str:

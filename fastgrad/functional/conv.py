@@ -26,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._checks import activation_code, as_array, check_alloc, positive_int
+from .._workspace import recycled, recycled_zeros
 from ..kernels import activations as kact
 from ..kernels import conv as kconv
 from ..kernels.conv import ConvGeometry
@@ -101,15 +102,15 @@ def forward_checked(x, K, B, B3, geo: ConvGeometry, activation: str, code: int, 
     """
     x4 = x.reshape(geo.N, geo.C, geo.H, geo.W)
     K4 = K.reshape(geo.M, geo.Cg, geo.kh, geo.kw)
-    z = np.empty((geo.N, geo.M, geo.Ho, geo.Wo), x.dtype)
+    z = recycled((geo.N, geo.M, geo.Ho, geo.Wo), x.dtype)
     # identity: y is z, one array serves both (sigma' = 1 never reads z)
-    y = z if code == 0 else np.empty_like(z)
+    y = z if code == 0 else recycled(z.shape, x.dtype)
     bias = NO_BIAS3[x.dtype] if B3 is None else B3
     launch = _launches(call_key(geo, x.dtype))
     xp = None
     if geo.sh == 1 and geo.sw == 1:  # stride 1: long contiguous loops over wide planes (kernels.conv)
         xp = pad_wide(x4, geo)
-        zw = np.empty((geo.N, geo.M, geo.Lz), x.dtype)
+        zw = recycled((geo.N, geo.M, geo.Lz), x.dtype)
         wp = pack_tap_weights(K4.reshape(geo.groups, geo.Mg, -1))
         launch.forward(y, z, xp, wp, bias, geo, code, zw, launch.forward_offsets)
     else:
@@ -147,8 +148,8 @@ def conv_backward(dy, cache: ConvCache, *, check_finite=None):
     dL/dK_kj = X_j (star) dL/dZ_k;  dL/dX_j = sum_k dL/dZ_k (*) K_kj (full convolution).
     """
     _check_cache(cache, "conv_backward")
-    dx = np.zeros(cache.x_shape, cache.x.dtype)
-    dK = np.zeros(cache.K_shape, cache.x.dtype)
+    dx = recycled_zeros(cache.x_shape, cache.x.dtype)
+    dK = recycled_zeros(cache.K_shape, cache.x.dtype)
     dB = None if cache.B is None else np.zeros(cache.bias_shape, cache.x.dtype)
     _backward(dx, dK, dB, dy, cache, check_finite, "conv_backward")
     return dx, dK, dB
@@ -197,7 +198,7 @@ def backward_checked(dx, dK, dB, dy, cache: ConvCache, code: int) -> None:
     if code == 0:
         dz = dy4
     else:
-        dz = np.empty_like(z)
+        dz = recycled(z.shape, z.dtype)
         launch.dz(dz.reshape(-1), dy4.reshape(-1), z.reshape(-1), code)
     dK4 = dK.reshape(K.shape)
     dB3 = NO_BIAS3[x.dtype] if dB is None else dB.reshape(cache.B.shape)
@@ -205,7 +206,7 @@ def backward_checked(dx, dK, dB, dy, cache: ConvCache, code: int) -> None:
         dzw = widen_dz(dz, geo)
         launch.filter(dK4.reshape(geo.M, -1), dB3, dz, dzw, cache.xp, geo, launch.forward_taps)
         if dx is not None:
-            dxw = np.empty((geo.N, geo.C, geo.Qr), x.dtype)
+            dxw = recycled((geo.N, geo.C, geo.Qr), x.dtype)
             kt = pack_tap_weights(filters_by_input(K, geo).reshape(geo.groups, geo.Cg, -1))
             launch.data(dx.reshape(x.shape), dzw, kt, geo, dxw, launch.data_offsets)
     else:
@@ -221,7 +222,7 @@ def backward_checked(dx, dK, dB, dy, cache: ConvCache, code: int) -> None:
 
 def pad_wide(x4: np.ndarray, geo: ConvGeometry) -> np.ndarray:
     """xp (N, C, PS): x zero-padded to (Hp, Wp), each plane flattened, with ROUND zeros of slack."""
-    xp = np.zeros((geo.N, geo.C, geo.PS), x4.dtype)
+    xp = recycled_zeros((geo.N, geo.C, geo.PS), x4.dtype)
     planes = xp[:, :, : geo.Hp * geo.Wp].reshape(geo.N, geo.C, geo.Hp, geo.Wp)
     planes[:, :, geo.ph0: geo.ph0 + geo.H, geo.pw0: geo.pw0 + geo.W] = x4
     return xp
@@ -229,7 +230,7 @@ def pad_wide(x4: np.ndarray, geo: ConvGeometry) -> np.ndarray:
 
 def widen_dz(dz: np.ndarray, geo: ConvGeometry) -> np.ndarray:
     """dzw (N, M, LD): dL/dZ in wide positions, shifted by ``front``, zeros everywhere else."""
-    dzw = np.zeros((geo.N, geo.M, geo.LD), dz.dtype)
+    dzw = recycled_zeros((geo.N, geo.M, geo.LD), dz.dtype)
     rows = dzw[:, :, geo.front: geo.front + geo.Ho * geo.Wp].reshape(geo.N, geo.M, geo.Ho, geo.Wp)
     rows[:, :, :, : geo.Wo] = dz
     return dzw

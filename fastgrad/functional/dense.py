@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._checks import activation_code, as_array, check_alloc, check_shape
-from .._workspace import owned, scratch
+from .._workspace import owned, recycled, recycled_zeros, scratch
 from ..kernels import activations as kact
 from ..kernels import dense as kdense
 from ..kernels import products
@@ -53,9 +53,9 @@ def forward_checked(x, W, b, activation: str, code: int):
     """dense_forward after validation (the Dense layer calls it once it knows its input is valid)."""
     N, n = x.shape
     m = W.shape[0]
-    z = np.empty((N, m), x.dtype)
+    z = recycled((N, m), x.dtype)
     # identity: y is z, one array serves both (sigma' = 1 never reads z's values)
-    y = np.empty((N, m), x.dtype) if code != 0 else z
+    y = recycled((N, m), x.dtype) if code != 0 else z
     bias = EMPTY1[x.dtype] if b is None else b
     _forward_call(call_key(N, n, m, x.dtype)).run(y, z, x, W, bias, code)
     return y, DenseCache(x, W, b, z, activation)
@@ -92,8 +92,8 @@ def dense_backward(dy, cache: DenseCache, *, check_finite=None):
     """
     _check_cache(cache, "dense_backward")
     x, W, b = cache.x, cache.W, cache.b
-    dx = np.zeros_like(x)
-    dW = np.zeros_like(W)
+    dx = recycled_zeros(x.shape, x.dtype)
+    dW = recycled_zeros(W.shape, x.dtype)
     db = np.zeros(W.shape[0], x.dtype) if b is not None else None
     _backward(dx, dW, db, dy, cache, check_finite, "dense_backward")
     return dx, dW, db

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import _jit
 from .._checks import activation_code, as_array, check_alloc, check_shape
-from .._workspace import scratch
+from .._workspace import recycled, recycled_zeros, scratch
 from ..kernels import lstm as klstm
 from ..kernels import products
 from .common import EMPTY3, grad_buffer, same_dtype, unpack_grads, upstream
@@ -116,13 +116,15 @@ def lstm_forward(x, W, b, h0=None, c0=None, activations=None, lengths=None, *, c
     lens = lstm_lengths(lengths, T, N, where)
     check_alloc(where, x.dtype, [("y", (T, N, H)), ("saved gates and states", (T * N * (10 * H + n_in) + 4 * H * (H + n_in),))])
     dt = x.dtype
-    out = klstm.LSTMOut(np.empty((T, N, H), dt), np.empty((N, H), dt), np.empty((N, H), dt))
+    # recycled: the outputs and saved tensors of an earlier call nobody holds any more
+    # (fresh ones page-faulted 1220 times a call at (50, 32, 32, 64), 3.8 ms against 1.7 ms)
+    out = klstm.LSTMOut(recycled((T, N, H), dt), recycled((N, H), dt), recycled((N, H), dt))
     saved = klstm.LSTMSaved(
-        hx=np.empty((T, N, H + n_in), dt),
-        z=np.empty((T, N, 4, H), dt),
-        a=np.empty((T, N, 4, H), dt),
-        c=np.empty((T + 1, N, H), dt),
-        sh=np.empty((T, N, H), dt),
+        hx=recycled((T, N, H + n_in), dt),
+        z=recycled((T, N, 4, H), dt),
+        a=recycled((T, N, 4, H), dt),
+        c=recycled((T + 1, N, H), dt),
+        sh=recycled((T, N, H), dt),
     )
     codes = np.array([activation_code(acts[g], where) for g in LSTM_GATES], np.int64)
     work = T * N * 4 * H * (H + n_in)
@@ -147,8 +149,8 @@ def lstm_backward(dy, cache, dhT=None, dcT=None, *, check_finite=None):
     T, N = cache.saved.hx.shape[:2]
     H = cache.W.shape[1]
     dt = cache.W.dtype
-    grads = (np.zeros((T, N, cache.W.shape[2] - H), dt), np.zeros_like(cache.W), np.zeros_like(cache.b),
-             np.zeros((N, H), dt), np.zeros((N, H), dt))
+    grads = (recycled_zeros((T, N, cache.W.shape[2] - H), dt), recycled_zeros(cache.W.shape, dt),
+             recycled_zeros(cache.b.shape, dt), recycled_zeros((N, H), dt), recycled_zeros((N, H), dt))
     _backward(grads, dy, cache, dhT, dcT, check_finite, where)
     return grads
 

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._checks import as_array, check_alloc
+from .._workspace import recycled, recycled_zeros
 from ..kernels import pool as kpool
 from ..kernels.pool import PoolGeometry
 from .common import Launch, call_key, grad_buffer, remembered, unpack_grads, upstream
@@ -80,10 +81,10 @@ def _forward(kind, x, kernel_size, stride, padding, check_finite, where):
 def forward_checked(kind: str, x, geo: PoolGeometry):
     """The pooling forward after validation (the pooling layers call it once they know their input)."""
     x4 = x.reshape(geo.N, geo.C, geo.H, geo.W)
-    y = np.empty((geo.N, geo.C, geo.Ho, geo.Wo), x.dtype)
+    y = recycled((geo.N, geo.C, geo.Ho, geo.Wo), x.dtype)
     launch = _launches(call_key(geo, kind, x.dtype))
     if kind == "max":
-        arg = np.empty(y.shape, np.int64)
+        arg = recycled(y.shape, np.int64)
         launch.forward(y, arg, x4, geo)
     else:
         arg = None
@@ -117,7 +118,7 @@ def _check_cache(cache, kind, where):
 
 def _backward_new(dy, cache, kind, where, check_finite):
     _check_cache(cache, kind, where)
-    dx = np.zeros(cache.x_shape, cache.dtype)
+    dx = recycled_zeros(cache.x_shape, cache.dtype)
     _backward(dx, dy, cache, where, check_finite)
     return dx
 

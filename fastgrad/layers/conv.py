@@ -9,6 +9,7 @@ from .. import functional as F
 from ..functional import conv as FC
 from ..functional import geometry as FG
 from .._checks import activation_code, is_plain, positive_int
+from .._workspace import recycled_zeros
 from ..random import init_generator
 from .base import Layer, check_param_sizes, uniform_init
 
@@ -136,11 +137,11 @@ class _ConvND(Layer):
         ):
             if _checks.get_check_finite():
                 _checks.check_finite_values(dy, "dy", self._where("backward"))
-            dx = np.zeros(cache.x_shape, cache.x.dtype) if need_dx else None
+            dx = recycled_zeros(cache.x_shape, cache.x.dtype) if need_dx else None
             FC.backward_checked(dx, gK, gB, dy, cache, seen[5])
             return dx
         dy = self._grad_input(dy, cache.out_shape, self.dtype)
-        dx = np.zeros(cache.x_shape, cache.x.dtype) if need_dx else None
+        dx = recycled_zeros(cache.x_shape, cache.x.dtype) if need_dx else None
         # the kernels accumulate straight into the layer's grads
         F.conv_backward_into((dx, self.grads["K"], self.grads.get("B")), dy, cache, check_finite=False)
         self._seen_grads = (dy.shape, gK, gB, self.activation, cache.geo, activation_code(self.activation, "backward"))

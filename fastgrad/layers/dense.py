@@ -7,6 +7,7 @@ import numpy as np
 from .. import _checks
 from .. import functional as F
 from .._checks import activation_code, is_plain, positive_int
+from .._workspace import recycled_zeros
 from ..functional import dense as FD
 from ..random import init_generator
 from .base import Layer, check_param_sizes, uniform_init
@@ -106,11 +107,11 @@ class Dense(Layer):
             # as the forward's fast path: everything but dy's values was checked for this shape
             if _checks.get_check_finite():
                 _checks.check_finite_values(dy, "dy", "Dense.backward")
-            dx = np.zeros_like(cache.x) if need_dx else None
+            dx = recycled_zeros(cache.x.shape, cache.x.dtype) if need_dx else None
             FD.backward_checked(dx, gW, gb, dy, cache.x, cache.W, cache.z, seen[4])
             return None if dx is None else dx.reshape(lead + (self.in_features,))
         dy = self._grad_input(dy, lead + (self.out_features,), self.dtype)
-        dx = np.zeros_like(cache.x) if need_dx else None
+        dx = recycled_zeros(cache.x.shape, cache.x.dtype) if need_dx else None
         # the kernel accumulates straight into the layer's grads
         F.dense_backward_into((dx, self.grads["W"], self.grads.get("b")), dy.reshape(cache.z.shape), cache, check_finite=False)
         if not lead[1:]:
