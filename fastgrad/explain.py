@@ -172,7 +172,8 @@ DENSE = Op(
         )),
         Equation(
             ("∂L/∂b_k = ∂L/∂z_k                 (summed over the batch)",),
-            (Source("dense.dense_backward", ("acc[k - k0] += dz[s, k]", "db[k] += acc[k - k0]")),),
+            (Source("dense.dense_backward", ("column_sums(acc, dz.reshape(-1), m, N, k0)", "db[k] += acc[k - k0]")),
+             Source("util.column_sums", ("acc[k] += row[k]",))),
         ),
         Equation(
             ("∂L/∂w_kj = ∂L/∂z_k · x_j           (summed over the batch)",),

@@ -31,6 +31,7 @@ from numba import prange
 
 from .._jit import CORE_SERIAL_BELOW, F1, F2, helper, kernel
 from .activations import act_row
+from .util import column_sums
 from .products import (
     ACCUMULATE,
     OVERWRITE,
@@ -182,11 +183,8 @@ def dense_backward(grads: DenseGrads, dz: F2, x: F2, W: F2, p_dx: Packed, p_dw: 
                 gemm_task(t - t_dx, dWf, n, none, ACCUMULATE, p_dw, plan_dw)
                 k0, k1, j0, _j1 = task_block(t - t_dx, plan_dw)
                 if j0 == 0 and db.shape[0] == m:
-                    # db[k] = sum_s dz[s, k] over s in order, row by row: contiguous, it
-                    # vectorises over k (a column walk of dz per k did not)
-                    acc = np.zeros(k1 - k0, db.dtype)
-                    for s in range(N):
-                        for k in range(k0, k1):
-                            acc[k - k0] += dz[s, k]
+                    # db[k] = sum_s dz[s, k] over s in order
+                    acc = np.empty(k1 - k0, db.dtype)
+                    column_sums(acc, dz.reshape(-1), m, N, k0)
                     for k in range(k0, k1):
                         db[k] += acc[k - k0]

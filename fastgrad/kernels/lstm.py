@@ -56,6 +56,7 @@ from numba import prange
 
 from .._jit import CORE_SERIAL_BELOW, F1, F2, F3, F4, I1, helper, kernel
 from .activations import act_row, dact_from_output_row
+from .util import column_sums
 from .products import (
     ACCUMULATE,
     OVERWRITE,
@@ -472,14 +473,10 @@ def lstm_backward(grads: LSTMGrads, scratch: LSTMScratch, upstream: LSTMUpstream
         gemm_task(np.int64(t), dW2f, HI, none, ACCUMULATE, p_dw, plan_dw)
         k0, k1, j0, _j1 = task_block(np.int64(t), plan_dw)
         if j0 == 0:
-            # db_g[k] = sum over r of dz[r, gk], r in order; summed row by row
-            # (contiguous) into rec_tmp[k0:k1], which the recurrence no longer
-            # needs: a column walk of dz (stride 4H) took 4 ms at (100, 16, 128, 128).
+            # db_g[k] = sum over r of dz[r, gk], r in order, into rec_tmp[k0:k1],
+            # which the recurrence no longer needs (a column walk of dz, stride
+            # 4H, took 4 ms at (100, 16, 128, 128))
             acc = rec_tmp[k0:k1]
-            for gk in range(k1 - k0):
-                acc[gk] = zero
-            for r in range(TN):
-                for gk in range(k0, k1):
-                    acc[gk - k0] += dz2[r, gk]
+            column_sums(acc, dz2f, G, TN, k0)
             for gk in range(k0, k1):
                 db2[gk] += acc[gk - k0]
