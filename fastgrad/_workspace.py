@@ -176,7 +176,10 @@ def recycled(shape: tuple, dtype) -> np.ndarray:
     """An uninitialised C-contiguous array of ``shape``, reused from an earlier call when nobody holds it.
 
     For arrays a call returns (outputs, saved tensors): unlike :func:`scratch`
-    they may be kept by the caller for as long as it likes.  Arrays outside
+    they may be kept by the caller for as long as it likes.  Convolution also
+    takes its temporaries from here (dL/dZ, the wide buffers), because they are
+    made at different points of one call and :func:`scratch` serves one request
+    per call; dropped when the call returns, they are free for the next.  Arrays outside
     [:data:`RECYCLE_MIN_BYTES`, :data:`RECYCLE_MAX_ARRAY_BYTES`] are always fresh.
     """
     dtype = np.dtype(dtype)
