@@ -12,6 +12,7 @@ from fastgrad import _jit
 from fastgrad.kernels import products as P
 from fastgrad.kernels import simd
 
+SENTINEL = -12345.0
 SHAPES = [(1, 1, 1), (3, 2, 1), (7, 13, 5), (6, 16, 256), (5, 17, 3), (13, 1, 300), (1, 40, 7), (65, 129, 257), (12, 33, 0)]
 
 
@@ -84,6 +85,40 @@ def test_plan_comes_from_the_cpu_and_the_shapes_only():
         plan = P.gemm_plan(512, 1024, 1024, dtype)
         assert P.task_count(plan) >= P.MIN_TASKS and P.task_count(plan) % 4 == 0
         assert plan == P.gemm_plan(512, 1024, 1024, dtype)
+
+
+#: row lengths in units of NR = 2 W: only 6 x 2 tiles (1, 2), one 2 x 6 tile or one pair
+#: of 4 x 3 tiles (3), those followed by one or two 6 x 2 tiles (4, 5), several of each (13)
+TAP_ROW_LENGTHS = (1, 2, 3, 4, 5, 13)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mr", [1, 2, 3, 4, 5, 6])
+def test_tap_row_every_tile_shape_gives_the_6x2_tiles_bitwise(dtype, mr):
+    """products.tap_row picks its tile shape from the block's rows (2 x 6, 4 x 3, 6 x 2 vectors):
+    each row is the sum over the tap table, bitwise what 6 x 2 tiles alone give, and nothing past
+    the mr rows of length ldo is written (an overshooting tile would write into the next row)."""
+    nr = P.nr_of(dtype)
+    rng = np.random.default_rng(mr)
+    terms = 7
+    for units in TAP_ROW_LENGTHS:
+        ldo = units * nr
+        src = rng.standard_normal(ldo + 64).astype(dtype)
+        tapoff = rng.integers(0, 50, terms).astype(np.int64)
+        w3 = rng.standard_normal((1, mr, terms)).astype(dtype)
+        wp = P.pack_tap_weights(w3)
+        out = np.full((P.MR + 1) * ldo, SENTINEL, dtype)
+        P.tap_row(wp, 0, src, 3, tapoff, out, 0, ldo, mr)
+        alone = np.full_like(out, SENTINEL)
+        for q0 in range(0, ldo, nr):
+            P.tap_tile(wp, 0, src, 3 + q0, tapoff, alone, q0, ldo, mr)
+        assert np.array_equal(out, alone), (mr, ldo)
+        rows = out[: mr * ldo].reshape(mr, ldo)
+        gathered = np.stack([src[3 + off: 3 + off + ldo] for off in tapoff]).astype(np.float64)
+        want = w3[0].astype(np.float64) @ gathered
+        tol = 1e-5 if dtype == np.float32 else 1e-13
+        np.testing.assert_allclose(rows, want, rtol=tol, atol=tol)
+        assert np.all(out[mr * ldo:] == SENTINEL), (mr, ldo)
 
 
 AVX512_FEATURES = ("+avx512f,+avx512dq,+avx512bw,+avx512vl,+avx2,+avx,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,+sse4.1,"
