@@ -137,6 +137,36 @@ def test_dense_and_conv_results_reused_only_when_dropped(op):
         np.testing.assert_array_equal(arr, ref)
 
 
+@pytest.mark.parametrize("padding", [0, 2])
+def test_conv_temporaries_holding_nan_are_fully_overwritten(padding):
+    """Stride-1 conv takes its wide buffers (the padded x, the wide dL/dZ, the wide dx) from the
+    pool uninitialised or zeroed by the kernels that write them: after every free array in the pool
+    is NaN-filled, a forward and backward still give bitwise the results of an empty pool
+    (a kernel that skipped a zero of the dropped columns or the margins would read NaN)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 6, 30, 30))
+    w = rng.standard_normal((7, 6, 3, 3))
+    bias = rng.standard_normal(7)
+
+    def run(seed):
+        y, cache = F.conv_forward(x, w, bias, padding=padding, activation="tanh")
+        dy = np.random.default_rng(seed).standard_normal(y.shape)
+        return [y.copy(), *(g.copy() for g in F.conv_backward(dy, cache))]
+
+    _workspace.release()
+    want = run(1)
+    run(2)  # the pool now holds every buffer of this shape, free
+    poisoned = 0
+    for arrays in _workspace._local.pool.arrays.values():  # nobody holds them after run() returned
+        for arr in arrays:
+            arr.fill(np.nan)
+            poisoned += 1
+    assert poisoned >= 4  # at least xp, the wide dL/dZ, the wide dx and dx itself
+    got = run(1)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_each_thread_has_its_own_pool():
     shape = (_workspace.RECYCLE_MIN_BYTES // 8 + 7,)
     mine = _workspace.recycled(shape, np.float64)

@@ -109,10 +109,10 @@ def forward_checked(x, K, B, B3, geo: ConvGeometry, activation: str, code: int, 
     launch = _launches(call_key(geo, x.dtype))
     xp = None
     if geo.sh == 1 and geo.sw == 1:  # stride 1: long contiguous loops over wide planes (kernels.conv)
-        xp = pad_wide(x4, geo)
+        xp = recycled((geo.N, geo.C, geo.PS), x.dtype)  # the kernel pads x into it
         zw = recycled((geo.N, geo.M, geo.Lz), x.dtype)
         wp = pack_tap_weights(K4.reshape(geo.groups, geo.Mg, -1))
-        launch.forward(y, z, xp, wp, bias, geo, code, zw, launch.forward_offsets)
+        launch.forward(y, z, xp, x4, wp, bias, geo, code, zw, launch.forward_offsets)
     else:
         launch.forward(y, z, x4, K4, bias, geo, code)
     cache = ConvCache(x4, K4, B3, z, geo, activation, nd, x.shape, K.shape, None if B is None else B.shape, xp)
@@ -203,7 +203,7 @@ def backward_checked(dx, dK, dB, dy, cache: ConvCache, code: int) -> None:
     dK4 = dK.reshape(K.shape)
     dB3 = NO_BIAS3[x.dtype] if dB is None else dB.reshape(cache.B.shape)
     if geo.sh == 1 and geo.sw == 1:  # stride 1: long contiguous loops over wide planes (kernels.conv)
-        dzw = widen_dz(dz, geo)
+        dzw = recycled((geo.N, geo.M, geo.LD), x.dtype)  # the filter kernel widens dz into it
         launch.filter(dK4.reshape(geo.M, -1), dB3, dz, dzw, cache.xp, geo, launch.forward_taps)
         if dx is not None:
             dxw = recycled((geo.N, geo.C, geo.Qr), x.dtype)
@@ -218,22 +218,6 @@ def backward_checked(dx, dK, dB, dy, cache: ConvCache, code: int) -> None:
 # --------------------------------------------------------------------------
 # the stride-1 wide layout (kernels.conv, "stride-1 fast path")
 # --------------------------------------------------------------------------
-
-
-def pad_wide(x4: np.ndarray, geo: ConvGeometry) -> np.ndarray:
-    """xp (N, C, PS): x zero-padded to (Hp, Wp), each plane flattened, with ROUND zeros of slack."""
-    xp = recycled_zeros((geo.N, geo.C, geo.PS), x4.dtype)
-    planes = xp[:, :, : geo.Hp * geo.Wp].reshape(geo.N, geo.C, geo.Hp, geo.Wp)
-    planes[:, :, geo.ph0: geo.ph0 + geo.H, geo.pw0: geo.pw0 + geo.W] = x4
-    return xp
-
-
-def widen_dz(dz: np.ndarray, geo: ConvGeometry) -> np.ndarray:
-    """dzw (N, M, LD): dL/dZ in wide positions, shifted by ``front``, zeros everywhere else."""
-    dzw = recycled_zeros((geo.N, geo.M, geo.LD), dz.dtype)
-    rows = dzw[:, :, geo.front: geo.front + geo.Ho * geo.Wp].reshape(geo.N, geo.M, geo.Ho, geo.Wp)
-    rows[:, :, :, : geo.Wo] = dz
-    return dzw
 
 
 def _offsets(geo: ConvGeometry) -> np.ndarray:
