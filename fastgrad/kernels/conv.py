@@ -30,9 +30,9 @@ B (M, 1, 1) tied (one bias per output channel, PyTorch's convention),
 (M, Ho, Wo) untied (the cheat sheet's full bias maps) or (0, 1, 1) for no bias.
 
 Stride 1 (the common case) runs the ``*_s1`` kernels further down: a zero-padded
-copy of the input (made by the functional layer) and a "wide" dL/dZ (written by
-the dL/dK kernel) turn every term into one long contiguous loop (~20x faster than loops over single output
-rows; see the notes there).  Other strides use the general kernels below,
+copy of the input (written by the forward) and a "wide" dL/dZ (written by the
+dL/dK kernel) turn every term into one long contiguous loop (~20x faster than
+loops over single output rows; see the notes there).  Other strides use the general kernels below,
 which make no padded copy: every loop clips its output-column range to the
 columns that read inside the input (:func:`col_span`) and skips input rows
 outside it.  Kernels allocate nothing.
@@ -421,7 +421,8 @@ def conv_forward_s1(y: F4, z: F4, xp: F3, x: F4, wp: F1, B: F3, geo: ConvGeometr
 
     i.e. Z_k = B_k + sum_j X_j (star) K_kj with xp the zero-padded input.
     Shapes: y, z (N, M, Ho, Wo) overwritten; xp (N, C, PS) the padded input,
-    written here from x (N, C, H, W) (the backward's dL/dK reads it too); wp the weights packed per group and row block of output channels
+    written here from x (N, C, H, W) (the backward's dL/dK reads it too); wp
+    the weights packed per group and row block of output channels
     (``products.pack_tap_weights``: for each term t = (c kh + ki) kw + kj the
     values K[m0 + i, c, ki, kj] of the block's channels, zeros past the group's);
     B as :func:`conv_forward`; zw (N, M, Lz) workspace;
