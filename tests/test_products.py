@@ -87,6 +87,37 @@ def test_plan_comes_from_the_cpu_and_the_shapes_only():
         assert plan == P.gemm_plan(512, 1024, 1024, dtype)
 
 
+def test_calling_a_kernel_runs_its_parallel_twin(monkeypatch):
+    """Kernel.__call__ (unknown work) runs the parallel twin even for a kernel whose serial_below is
+    above PARALLEL_MIN_WORK, as matmul's is; before, P.matmul(...) silently ran the serial twin."""
+    import numba
+
+    assert P.matmul.serial_below > _jit.PARALLEL_MIN_WORK
+    picked = []
+    real_pick = _jit.pick
+
+    def spy(k, work):
+        fn = real_pick(k, work)
+        picked.append(fn)
+        return fn
+
+    monkeypatch.setattr(_jit, "pick", spy)
+    rng = np.random.default_rng(0)
+    m, n, k = 9, 20, 7
+    A = rng.standard_normal((m, k))
+    B = rng.standard_normal((k, n))
+    plan = P.gemm_plan(m, n, k, np.float64)
+    packed = P.Packed(*[np.zeros(size) for size in P.packed_sizes(plan, np.float64)])
+    c = np.zeros(m * n)
+    P.matmul(c, n, _operand(A, False), _operand(B, False), np.zeros(0), P.OVERWRITE, packed, plan)
+    np.testing.assert_allclose(c.reshape(m, n), A @ B, rtol=1e-13, atol=1e-13)
+    assert len(picked) == 1
+    if numba.get_num_threads() > 1 and not _jit._serial_only:
+        assert picked[0] is not P.matmul.serial
+    else:
+        assert picked[0] is P.matmul.serial
+
+
 #: row lengths in units of NR = 2 W: only 6 x 2 tiles (1, 2), one 2 x 6 tile or one pair
 #: of 4 x 3 tiles (3), those followed by one or two 6 x 2 tiles (4, 5), several of each (13)
 TAP_ROW_LENGTHS = (1, 2, 3, 4, 5, 13)
