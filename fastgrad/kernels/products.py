@@ -661,8 +661,8 @@ def tap_tile(wp, wo, srcf, sbase, tapoff, outf, co, ldo, mr):
 def tap_tile_4x3(wp, wo, srcf, sbase, tapoff, outf, co, ldo, mr):
     """:func:`tap_tile` for a block of at most 4 rows: 4 rows x 3 vectors (3 W positions).
 
-    The same 12 accumulators as the 6 x 2 tile, so no multiply-add goes to a
-    row past mr <= 4; per term 3 vector loads, 4 broadcasts, 12 fused
+    The same 12 accumulators as the 6 x 2 tile over 4 rows instead of 6, so
+    a block of 4 rows computes none it drops (of 3 rows: one); per term 3 vector loads, 4 broadcasts, 12 fused
     multiply-adds.  The three source vectors are loaded first, then one
     broadcast at a time: 12 + 3 + 1 = 16 registers, AVX2's count.
     """
