@@ -135,7 +135,7 @@ def _dense_cases(rng):
 def _conv_cases(rng):
     from .layers import Conv2D
 
-    # stride 2 runs the general kernels shown above (stride 1 runs the *_s1 fast path)
+    # stride 2: the im2col path, whose sums are those of the general kernels shown above
     layer = Conv2D(2, 2, 3, stride=2, padding=1, activation="tanh", dtype=np.float64, seed=0)
     return [(layer, rng.standard_normal((2, 2, 5, 5)))]
 
@@ -202,10 +202,11 @@ CONV = Op(
     "fg.Conv1D, fg.Conv2D",
     "X_j input maps (channels c), Y_k output maps, K_kj kernels, B_k bias maps; ⋆ cross-correlation, * convolution; "
     "stride, padding, dilation and groups as in the index form z[n, k, oh, ow] of conv_forward's docstring.\n"
-    "Stride 1 runs the *_s1 kernels (the same sums over a zero-padded copy of x); the lines below are the general\n"
-    "kernels, which the stride-2 instance of the gradient check runs.",
+    "The lines below are the general kernels, the plain index form.  Stride 1 runs the *_s1 kernels (the same sums\n"
+    "over a zero-padded copy of x), other strides the conv_im2col kernels (the same sums as matrix products on the\n"
+    "product core); the tests check both against these.",
     (
-        "conv.conv_forward", "activations.activation_dz", "conv.conv_backward_filter", "conv.conv_backward_data",
+        "conv_im2col.conv_forward_im2col", "activations.activation_dz", "conv_im2col.conv_backward_im2col",
         "conv.conv_forward_s1", "conv.conv_backward_filter_s1", "conv.conv_backward_data_s1",
     ),
     (
@@ -225,8 +226,8 @@ CONV = Op(
         Equation(
             ("∂L/∂B_k = ∂L/∂Z_k                  (summed over the batch; over positions too for tied bias)",),
             (
-                Source("conv.conv_backward_filter", ("_bias_grad(dB, dz, n, k)",)),
-                Source("conv._bias_grad", ("dB[k, oh, ow] += dz[n, k, oh, ow]", "acc += dz[n, k, oh, ow]", "dB[k, 0, 0] += acc")),
+                Source("conv.conv_backward_filter", ("bias_grad(dB, dz, n, k)",)),
+                Source("conv.bias_grad", ("dB[k, oh, ow] += dz[n, k, oh, ow]", "acc += dz[n, k, oh, ow]", "dB[k, 0, 0] += acc")),
             ),
         ),
         Equation(

@@ -16,7 +16,10 @@ from hypothesis import strategies as st
 import fastgrad.functional as FC
 from fastgrad._checks import activation_code
 from fastgrad.functional import geometry as FG
+from fastgrad.functional import conv as FCONV
 from fastgrad.kernels import conv as KC
+from fastgrad.kernels import conv_im2col as KI
+from fastgrad.kernels import products as KP
 from fastgrad.layers.conv import Conv1D, Conv2D
 from fastgrad.reference import activation, conv_grad_ref, conv_ref
 
@@ -198,14 +201,14 @@ def _run_kernels(x4, K4, B3, dz4, geo, code, nthreads):
     return (y if code else z), z, dK - SENTINEL, dB - SENTINEL, dx - SENTINEL
 
 
-@settings(deadline=None, max_examples=30)
-@given(conv_options(), st.integers(0, 2**31))
-def test_fuzz_kernels_sentinel_and_threads(case, seed):
+def _fuzz_check(case, seed, run):
+    """Run the kernels ``run`` calls on one fuzz case at 1 and 2 threads: bitwise the same, and
+    against the oracle.  Returns (results, the kernels' arguments) or None for a refused shape."""
     _nd, _N, _C, _M, G, spatial, k, stride, padding, dilation, _bias, act = case
     try:
         FC.conv_output_shape(spatial, k, stride, padding, dilation)
     except ValueError:
-        return  # kernel larger than the padded input: refused before any kernel runs
+        return None  # kernel larger than the padded input: refused before any kernel runs
     rng = np.random.default_rng(seed)
     x, K, B, pads = make_case(case, rng)
     y_ref, z_ref = conv_ref(x, K, B, stride, pads, dilation, G, act)
@@ -214,10 +217,9 @@ def test_fuzz_kernels_sentinel_and_threads(case, seed):
     # the functional layer's own conversion to the kernels' 4-D views and dims
     _, cache = FC.conv_forward(x, K, B, stride, padding, dilation, G, act)
     B3 = cache.B if B is not None else np.zeros((0, 1, 1))
-    z4 = cache.z.shape
-    code = activation_code(act, "t")
-    r1 = _run_kernels(cache.x, cache.K, B3, dz.reshape(z4), cache.geo, code, 1)
-    r2 = _run_kernels(cache.x, cache.K, B3, dz.reshape(z4), cache.geo, code, 2)
+    args = (cache.x, cache.K, B3, dz.reshape(cache.z.shape), cache.geo, activation_code(act, "t"))
+    r1 = run(*args, 1)
+    r2 = run(*args, 2)
     for a, b in zip(r1, r2):
         assert np.array_equal(a, b), "1 and 2 threads differ"
     y, z, dK, dB, dx = r1
@@ -229,6 +231,97 @@ def test_fuzz_kernels_sentinel_and_threads(case, seed):
         np.testing.assert_allclose(dB.reshape(dB_ref.shape), dB_ref, atol=1e-8)
     else:
         assert dB.size == 0
+    return r1, args
+
+
+@settings(deadline=None, max_examples=30)
+@given(conv_options(), st.integers(0, 2**31))
+def test_fuzz_kernels_sentinel_and_threads(case, seed):
+    _fuzz_check(case, seed, _run_kernels)
+
+
+def _run_im2col_kernels(x4, K4, B3, dz4, geo, code, nthreads, dx_wanted=True):
+    """The product-core kernels (kernels.conv_im2col) with sentinel-filled outputs and NaN-filled
+    workspaces and packing buffers: a value they read before writing would show."""
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(nthreads, numba.config.NUMBA_NUM_THREADS))
+    dt = x4.dtype
+    P = geo.Ho * geo.Wo
+    NP = geo.N * P
+    R = geo.Cg * geo.kh * geo.kw
+
+    def nan(size):
+        return np.full(size, np.nan, dt)
+
+    def packed(plan):
+        return KP.Packed(*(nan(size) for size in KP.packed_sizes(plan, dt)))
+
+    try:
+        z = np.full(dz4.shape, SENTINEL)
+        y = np.full(dz4.shape, SENTINEL)
+        cols = nan(geo.C * geo.kh * geo.kw * NP)
+        plan = KP.gemm_plan(geo.Mg, NP, R, dt)
+        bufs = KI.Im2colBuffers(cols, nan(geo.M * NP), nan(0))
+        KI.conv_forward_im2col.parallel(y if code else z, z, x4, K4.reshape(geo.M, -1), B3, geo, code, bufs,
+                                        packed(plan), plan)
+        dK = np.full(K4.shape, SENTINEL)
+        dB = np.full(B3.shape, SENTINEL)
+        dx = np.full(x4.shape, SENTINEL) if dx_wanted else np.zeros((0, 1, 1, 1))
+        plan_dk = KP.gemm_plan(geo.Mg, R, NP, dt)
+        plan_dx = KP.gemm_plan(R, NP, geo.Mg, dt) if dx_wanted else KP.NO_PRODUCT
+        grads = KI.Im2colGrads(dx, dK.reshape(geo.M, -1), dB)
+        bufs = KI.Im2colBuffers(cols, nan(geo.M * NP), nan(cols.size if dx_wanted else 0))
+        KI.conv_backward_im2col.parallel(grads, dz4, K4.reshape(geo.M, -1), geo, bufs, packed(plan_dk),
+                                         packed(plan_dx), plan_dk, plan_dx)
+    finally:
+        numba.set_num_threads(saved)
+    return (y if code else z), z, dK - SENTINEL, dB - SENTINEL, dx - SENTINEL
+
+
+@pytest.mark.nojit_skip  # pure-Python product core: minutes; the grid's tests run these kernels without the JIT
+@settings(deadline=None, max_examples=30)
+@given(conv_options(), st.integers(0, 2**31))
+def test_fuzz_im2col_kernels_match_the_direct_twin_sentinel_and_threads(case, seed):
+    """The im2col kernels (every stride runs here, 1 included) against the oracle and against the direct
+    kernels, their index-form twin; bitwise the same at 1 and 2 threads."""
+    checked = _fuzz_check(case, seed, _run_im2col_kernels)
+    if checked is None:
+        return
+    got, args = checked
+    for a, b in zip(got, _run_kernels(*args, 1)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-10)
+    # without dL/dX: the same dK and dB, nothing else computed
+    _, _, dK_only, dB_only, no_dx = _run_im2col_kernels(*args, 2, False)
+    assert dK_only.tobytes() == got[2].tobytes() and dB_only.tobytes() == got[3].tobytes() and no_dx.size == 0
+
+
+def test_which_kernels_a_geometry_runs():
+    """functional.conv.conv_path: wide planes for stride 1 past SMALL_PLANE output positions,
+    im2col products for smaller planes and for any other stride in either axis."""
+    for size, stride, path in ((7, 1, "wide"), (6, 1, "im2col"), (7, 2, "im2col"), (7, (1, 2), "im2col"), (7, (3, 1), "im2col")):
+        _, cache = FC.conv_forward(np.ones((1, 2, size, size)), np.ones((3, 2, 3, 3)), stride=stride)
+        assert FCONV.conv_path(cache.geo) == path
+        assert (cache.cols is not None) == (path == "im2col") and (cache.xp is not None) == (path == "wide")
+    assert FCONV.conv_path(FC.conv_forward(np.ones((1, 1, 6, 6)), np.ones((1, 1, 2, 2)))[1].geo) == "wide"  # 25 outputs
+
+
+def _unit_stride(case) -> bool:
+    return all(s == 1 for s in FG.per_dim(case[7], case[0], "s", "t"))
+
+
+#: every grid case on each path its shape allows (the wide kernels need stride 1)
+EVERY_PATH = [(c, p) for c in GRID for p in ("wide", "im2col", "direct") if p != "wide" or _unit_stride(c)]
+
+
+@pytest.mark.nojit_skip  # the grid's own finite-difference test runs each path's kernels in pure Python
+@pytest.mark.parametrize("case, path", EVERY_PATH, ids=[f"{case_id(c)}-{p}" for c, p in EVERY_PATH])
+def test_gradients_finite_differences_on_every_path(case, path, monkeypatch):
+    """Every grid case through each path the shape allows, whichever conv_path would pick:
+    the wide kernels need stride 1; im2col and the direct kernels take any geometry."""
+    monkeypatch.setattr(FCONV, "conv_path", lambda geo: path)
+    _, cache = FC.conv_forward(*make_case(case, np.random.default_rng(0))[:3], case[7], case[8], case[9], case[4], case[11])
+    assert (cache.xp is not None, cache.cols is not None) == (path == "wide", path == "im2col")
+    assert fd_case(case) < 1e-6
 
 
 # --------------------------------------------------------------------------

@@ -137,19 +137,20 @@ def test_dense_and_conv_results_reused_only_when_dropped(op):
         np.testing.assert_array_equal(arr, ref)
 
 
-@pytest.mark.parametrize("padding", [0, 2])
-def test_conv_temporaries_holding_nan_are_fully_overwritten(padding):
-    """Stride-1 conv takes its wide buffers (the padded x, the wide dL/dZ, the wide dx) from the
-    pool uninitialised or zeroed by the kernels that write them: after every free array in the pool
-    is NaN-filled, a forward and backward still give bitwise the results of an empty pool
-    (a kernel that skipped a zero of the dropped columns or the margins would read NaN)."""
+@pytest.mark.parametrize("padding, stride", [(0, 1), (2, 1), (1, 2)])
+def test_conv_temporaries_holding_nan_are_fully_overwritten(padding, stride):
+    """Conv takes its temporaries from the pool uninitialised (stride 1: the padded x, the wide dL/dZ,
+    the wide dx; other strides: the columns of x, the product's output, dL/dZ moved to (M, N P),
+    the columns of dL/dX and the packing buffers): after every free array in the pool is NaN-filled,
+    a forward and backward still give bitwise the results of an empty pool (a kernel that skipped
+    a zero of the dropped columns, the margins or the padding taps would read NaN)."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((4, 6, 30, 30))
     w = rng.standard_normal((7, 6, 3, 3))
     bias = rng.standard_normal(7)
 
     def run(seed):
-        y, cache = F.conv_forward(x, w, bias, padding=padding, activation="tanh")
+        y, cache = F.conv_forward(x, w, bias, stride=stride, padding=padding, activation="tanh")
         dy = np.random.default_rng(seed).standard_normal(y.shape)
         return [y.copy(), *(g.copy() for g in F.conv_backward(dy, cache))]
 

@@ -29,6 +29,8 @@ from .._checks import activation_code, as_array, check_alloc, positive_int
 from .._workspace import recycled, recycled_zeros
 from ..kernels import activations as kact
 from ..kernels import conv as kconv
+from ..kernels import conv_im2col as kim
+from ..kernels import products
 from ..kernels.conv import ConvGeometry
 from ..kernels.products import pack_tap_weights
 from .common import NO_BIAS3, Launch, call_key, grad_buffer, remembered, same_dtype, unpack_grads, upstream
@@ -49,8 +51,10 @@ class ConvCache(NamedTuple):
     K_shape: tuple
     bias_shape: tuple | None
     #: stride 1: x padded into the wide layout by the forward, read again by dL/dK
-    #: (kept rather than padded twice); None on the general path
+    #: (kept rather than padded twice); None on the other paths
     xp: np.ndarray | None
+    #: the product-core path (:func:`conv_path`): the forward's columns of x, read again by dL/dK
+    cols: np.ndarray | None
 
     @property
     def out_shape(self) -> tuple:
@@ -106,39 +110,102 @@ def forward_checked(x, K, B, B3, geo: ConvGeometry, activation: str, code: int, 
     # identity: y is z, one array serves both (sigma' = 1 never reads z)
     y = z if code == 0 else recycled(z.shape, x.dtype)
     bias = NO_BIAS3[x.dtype] if B3 is None else B3
-    launch = _launches(call_key(geo, x.dtype))
+    launch = _launches(call_key(geo, x.dtype, conv_path(geo)))
     xp = None
-    if geo.sh == 1 and geo.sw == 1:  # stride 1: long contiguous loops over wide planes (kernels.conv)
+    cols = None
+    if launch.path == "wide":  # stride 1: long contiguous loops over wide planes (kernels.conv)
         xp = recycled((geo.N, geo.C, geo.PS), x.dtype)  # the kernel pads x into it
         zw = recycled((geo.N, geo.M, geo.Lz), x.dtype)
         wp = pack_tap_weights(K4.reshape(geo.groups, geo.Mg, -1))
         launch.forward(y, z, xp, x4, wp, bias, geo, code, zw, launch.forward_offsets)
+    elif launch.path == "im2col":  # the products on the product core (kernels.conv_im2col)
+        cols = recycled((_cols_size(geo),), x.dtype)  # the kernel writes x's columns into it
+        zt = recycled((geo.M * geo.N * geo.Ho * geo.Wo,), x.dtype)
+        packed = _packed(launch.plan_fwd, x.dtype)
+        bufs = kim.Im2colBuffers(cols, zt, zt[:0])
+        launch.forward(y, z, x4, K4.reshape(geo.M, -1), bias, geo, code, bufs, packed, launch.plan_fwd)
     else:
         launch.forward(y, z, x4, K4, bias, geo, code)
-    cache = ConvCache(x4, K4, B3, z, geo, activation, nd, x.shape, K.shape, None if B is None else B.shape, xp)
+    cache = ConvCache(x4, K4, B3, z, geo, activation, nd, x.shape, K.shape, None if B is None else B.shape, xp, cols)
     return y.reshape(conv_out_shape(geo, nd)), cache
+
+
+#: dx of the im2col backward when dL/dX is not wanted (the kernel skips col2im on an empty batch)
+_NO_DX = {np.dtype(d): np.zeros((0, 1, 1, 1), d) for d in (np.float32, np.float64)}
+
+
+#: stride 1 runs the wide kernels on output planes of more positions than this, im2col below
+SMALL_PLANE = 16
+
+
+def conv_path(geo: ConvGeometry) -> str:
+    """Which kernels compute a convolution: "wide" (kernels.conv's ``*_s1`` kernels over wide
+    planes), "im2col" (kernels.conv_im2col: products on the product core) or "direct"
+    (kernels.conv's general kernels, the plain index form the tests check the others against).
+
+    Measured in one process, forward + backward, min of 7-9 interleaved rounds, 2 threads,
+    AMD EPYC Zen 3 (AVX2), float32 (N, C, H, M, k) ms, direct / im2col / wide:
+
+    * stride 2: (32, 16, 32, 32, 3) 82.6 / 9.6; (32, 1, 28, 8, 5) 2.92 / 1.01; depthwise
+      (32, 32, 16, 32, 3, groups 32) 6.50 / 6.14; (8, 8, 8, 8, 3) 0.545 / 0.199: im2col everywhere.
+    * stride 1, valid: (32, 1, 28, 8, 5) 5.83 / 2.11 / 0.74; (32, 16, 32, 32, 3) 174 / 27.5 / 11.5;
+      (16, 64, 28, 64, 3) 504 / 46.1 / 22.3: wide; im2col packs kh kw copies of x.
+    * stride 1 on planes of 4 x 4 outputs, where a wide row is 1.5x the output row and
+      dL/dK's dot products are 24 long: 'same' (32, 64, 4, 64, 3) im2col 4.45 / wide 7.00
+      (float64 6.56 / 10.0); (32, 32, 6, 64, 3) valid 2.53 / 3.75; (32, 16, 4, 32, 3) 'same'
+      1.24 / 1.32.  On 7 x 7 and larger wide wins, except with many channels on 8 x 8, where
+      the dtypes disagree: (32, 16, 8, 32, 3) 'same' 2.06 / 1.97 (float64 3.98 / 2.79),
+      (32, 32, 7, 32, 3) 3.08 / 2.54, (32, 16, 16, 32, 3) 8.54 / 2.69; but (32, 32, 8, 64, 3)
+      5.29 / 7.18 in float32 and 9.81 / 9.33 in float64.  The threshold is a plane size, not
+      a tuned constant: the wide layout's waste and dL/dK's short rows are what im2col avoids.
+    """
+    if geo.sh == 1 and geo.sw == 1 and geo.Ho * geo.Wo > SMALL_PLANE:
+        return "wide"
+    return "im2col"
+
+
+def _cols_size(geo: ConvGeometry) -> int:
+    """Values of the im2col matrix: one row per (input channel, tap), one column per (sample, output position)."""
+    return geo.C * geo.kh * geo.kw * geo.N * geo.Ho * geo.Wo
+
+
+def _packed(plan, dtype) -> products.Packed:
+    """Packing buffers for one product of the im2col path, from the recycled pool."""
+    return products.Packed(*(recycled((size,), dtype) for size in products.packed_sizes(plan, dtype)))
 
 
 class _Launches:
     """The kernel launches of one geometry and dtype (stride 1: the wide-layout kernels and their tap
-    tables), made once: a training step asks for the same geometry every call."""
+    tables; im2col: the products' plans), made once: a training step asks for the same geometry every call."""
 
-    def __init__(self, geo: ConvGeometry):
-        if geo.sh == 1 and geo.sw == 1:
+    def __init__(self, geo: ConvGeometry, dtype, path: str):
+        self.path = path
+        work = geo.N * geo.M * geo.Ho * geo.Wo * geo.Cg * geo.kh * geo.kw
+        self.dz = Launch(kact.activation_dz, 8 * geo.N * geo.M * geo.Ho * geo.Wo)
+        if path == "wide":
             self.forward_offsets = forward_offsets(geo)
             self.forward_taps = forward_taps(geo)
             self.data_offsets = data_offsets(geo)
-        work = geo.N * geo.M * geo.Ho * geo.Wo * geo.Cg * geo.kh * geo.kw
-        wide = geo.sh == 1 and geo.sw == 1
-        self.forward = Launch(kconv.conv_forward_s1 if wide else kconv.conv_forward, work)
-        self.dz = Launch(kact.activation_dz, 8 * geo.N * geo.M * geo.Ho * geo.Wo)
-        self.filter = Launch(kconv.conv_backward_filter_s1 if wide else kconv.conv_backward_filter, work)
-        self.data = Launch(kconv.conv_backward_data_s1 if wide else kconv.conv_backward_data, work)
+            self.forward = Launch(kconv.conv_forward_s1, work)
+            self.filter = Launch(kconv.conv_backward_filter_s1, work)
+            self.data = Launch(kconv.conv_backward_data_s1, work)
+        elif path == "im2col":
+            NP = geo.N * geo.Ho * geo.Wo
+            R = geo.Cg * geo.kh * geo.kw
+            self.plan_fwd = products.gemm_plan(geo.Mg, NP, R, dtype)
+            self.plan_dk = products.gemm_plan(geo.Mg, R, NP, dtype)
+            self.plan_dx = products.gemm_plan(R, NP, geo.Mg, dtype)
+            self.forward = Launch(kim.conv_forward_im2col, work)
+            self.backward = Launch(kim.conv_backward_im2col, work)
+        else:
+            self.forward = Launch(kconv.conv_forward, work)
+            self.filter = Launch(kconv.conv_backward_filter, work)
+            self.data = Launch(kconv.conv_backward_data, work)
 
 
 @remembered
 def _launches(key) -> _Launches:
-    return _Launches(key[0])
+    return _Launches(key[0], key[1], key[2])
 
 
 def conv_backward(dy, cache: ConvCache, *, check_finite=None):
@@ -194,7 +261,9 @@ def backward_checked(dx, dK, dB, dy, cache: ConvCache, code: int) -> None:
     """
     x, K, _B3, z, geo = cache[:5]
     dy4 = dy.reshape(z.shape)
-    launch = _launches(call_key(geo, x.dtype))
+    # the forward's path, from what it kept
+    path = "wide" if cache.xp is not None else "im2col" if cache.cols is not None else "direct"
+    launch = _launches(call_key(geo, x.dtype, path))
     if code == 0:
         dz = dy4
     else:
@@ -202,13 +271,24 @@ def backward_checked(dx, dK, dB, dy, cache: ConvCache, code: int) -> None:
         launch.dz(dz.reshape(-1), dy4.reshape(-1), z.reshape(-1), code)
     dK4 = dK.reshape(K.shape)
     dB3 = NO_BIAS3[x.dtype] if dB is None else dB.reshape(cache.B.shape)
-    if geo.sh == 1 and geo.sw == 1:  # stride 1: long contiguous loops over wide planes (kernels.conv)
+    if launch.path == "wide":  # stride 1: long contiguous loops over wide planes (kernels.conv)
         dzw = recycled((geo.N, geo.M, geo.LD), x.dtype)  # the filter kernel widens dz into it
         launch.filter(dK4.reshape(geo.M, -1), dB3, dz, dzw, cache.xp, geo, launch.forward_taps)
         if dx is not None:
             dxw = recycled((geo.N, geo.C, geo.Qr), x.dtype)
             kt = pack_tap_weights(filters_by_input(K, geo).reshape(geo.groups, geo.Cg, -1))
             launch.data(dx.reshape(x.shape), dzw, kt, geo, dxw, launch.data_offsets)
+    elif launch.path == "im2col":  # the products on the product core (kernels.conv_im2col)
+        dzt = recycled((geo.M * geo.N * geo.Ho * geo.Wo,), x.dtype)  # the kernel transposes dz into it
+        if dx is None:
+            dx4, dcols, plan_dx = _NO_DX[x.dtype], dzt[:0], products.NO_PRODUCT
+        else:
+            dx4, dcols, plan_dx = dx.reshape(x.shape), recycled((_cols_size(geo),), x.dtype), launch.plan_dx
+        p_dk = _packed(launch.plan_dk, x.dtype)
+        p_dx = _packed(plan_dx, x.dtype)
+        grads = kim.Im2colGrads(dx4, dK4.reshape(geo.M, -1), dB3)
+        bufs = kim.Im2colBuffers(cache.cols, dzt, dcols)
+        launch.backward(grads, dz, K.reshape(geo.M, -1), geo, bufs, p_dk, p_dx, launch.plan_dk, plan_dx)
     else:
         launch.filter(dK4, dB3, dz, x, geo)
         if dx is not None:

@@ -270,7 +270,7 @@ def conv_forward(y: F4, z: F4, x: F4, K: F4, B: F3, geo: ConvGeometry, code: int
 
 
 @helper
-def _bias_grad(dB, dz, n, k):
+def bias_grad(dB, dz, n, k):
     """dB[k] += dL/dZ_k of sample n: summed over positions when tied, per position when untied."""
     if dB.shape[0] != dz.shape[1]:
         return
@@ -316,7 +316,7 @@ def conv_backward_filter(dK: F4, dB: F3, dz: F4, x: F4, geo: ConvGeometry):
                             if tap.ih >= 0 and tap.ih < geo.H:
                                 acc = _dot_tap(dz, x, n, k, oh, tap, geo.sw, acc)
                         dK[k, c, ki, kj] += acc
-            _bias_grad(dB, dz, n, k)
+            bias_grad(dB, dz, n, k)
 
 
 @kernel
@@ -521,7 +521,7 @@ def conv_backward_filter_s1(dK2: F2, dB: F3, dz: F4, dzw: F3, xp: F3, geo: ConvG
                         for r in range(T):
                             dK2[m0 + q, c * T + r] += dot_taps_1x1(dzw, n, m0 + q, fu, xp, ci, taps[r, 1], geo.Lz)
             for k in range(m0, m0 + nm):
-                _bias_grad(dB, dz, n, k)
+                bias_grad(dB, dz, n, k)
 
 
 @kernel
