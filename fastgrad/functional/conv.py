@@ -16,7 +16,10 @@ Memory per call: the outputs (y and z; one array when the activation is the
 identity), and in the backward dx, dK, dB plus one dL/dz array of y's size
 when the activation is not the identity (the identity uses dy directly).
 Stride 1 also uses short-lived workspaces: a padded copy of x and a wide z in
-the forward; the padded x, a wide dL/dz and a wide dx in the backward.
+the forward; the padded x, a wide dL/dz and a wide dx in the backward.  The
+im2col path (:func:`conv_path`) keeps the columns of x (C kh kw values per
+sample and output position) from the forward to the backward, and uses one y-sized product output, dL/dz moved to
+(M, N P), the columns of dL/dX and the product core's packing buffers.
 """
 
 from __future__ import annotations

@@ -32,10 +32,12 @@ B (M, 1, 1) tied (one bias per output channel, PyTorch's convention),
 Stride 1 (the common case) runs the ``*_s1`` kernels further down: a zero-padded
 copy of the input (written by the forward) and a "wide" dL/dZ (written by the
 dL/dK kernel) turn every term into one long contiguous loop (~20x faster than
-loops over single output rows; see the notes there).  Other strides use the general kernels below,
-which make no padded copy: every loop clips its output-column range to the
-columns that read inside the input (:func:`col_span`) and skips input rows
-outside it.  Kernels allocate nothing.
+loops over single output rows; see the notes there).  Other strides, and stride
+1 on the smallest planes, run kernels.conv_im2col (products on the product core;
+``functional.conv.conv_path`` has the measurements).  The general kernels below
+are the plain index form those are tested against: they make no padded copy;
+every loop clips its output-column range to the columns that read inside the
+input (:func:`col_span`) and skips input rows outside it.  Kernels allocate nothing.
 
 Race freedom (bitwise identical results at any thread count; the ``*_s1``
 kernels use the same owners, dK in blocks of 4 output channels):
