@@ -193,7 +193,7 @@ DENSE = Op(
     _dense_cases,
 )
 
-_TAP = "tap = _row_tap(geo, oh, g, c, ki, kj)"  # the input row ih and column offset of kernel tap (c, ki, kj)
+_TAP = "tap = row_tap(geo, oh, g, c, ki, kj)"  # the input row ih and column offset of kernel tap (c, ki, kj)
 _KQ = "kq = K[m0 + q, c, ki, kj]"  # the weight of tap (c, ki, kj) for output channel m0 + q
 
 CONV = Op(
@@ -215,7 +215,7 @@ CONV = Op(
             (
                 Source("conv.conv_forward", ("_bias_rows(z, B, n, m0, nm, oh)", _TAP, "_fwd_tap(z, x, K")),
                 Source("conv._bias_rows", ("z[n, m0 + q, oh, ow] = B[m0 + q, oh, ow]", "z[n, m0 + q, oh, ow] = B[m0 + q, 0, 0]")),
-                Source("conv._row_tap", ("ih = oh * geo.sh + ki * geo.dil_h - geo.ph0", "off = kj * geo.dil_w - geo.pw0")),
+                Source("conv.row_tap", ("ih = oh * geo.sh + ki * geo.dil_h - geo.ph0", "off = kj * geo.dil_w - geo.pw0")),
                 Source("conv._fwd_tap", (_KQ, "z[n, m0 + q, oh, u0 + t] += kq * x[n, tap.ci, tap.ih, b0 + t * su]")),
             ),
         ),

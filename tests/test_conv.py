@@ -10,7 +10,7 @@ import numba
 import numpy as np
 import pytest
 from fd import assert_close, numeric_grad, random_direction_check
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import fastgrad.functional as FC
@@ -284,6 +284,10 @@ def _run_im2col_kernels(x4, K4, B3, dz4, geo, code, nthreads, dx_wanted=True):
 @pytest.mark.nojit_skip  # pure-Python product core: minutes; the grid's tests run these kernels without the JIT
 @settings(deadline=None, max_examples=30)
 @given(conv_options(), st.integers(0, 2**31))
+# found by this test: on W = 1 every output column of the first tap lies left of x (col_span's lo = 3 > Wo = 1),
+# and im2col's zero fill of [0, lo) ran into the next sample's columns
+@example((1, 2, 1, 1, 1, (1,), (3,), (1,), ((3, 3),), (3,), "tied", "identity"), 227)
+@example((2, 2, 2, 2, 1, (3, 1), (2, 3), (1, 1), ((0, 0), (3, 3)), (1, 3), None, "tanh"), 5)
 def test_fuzz_im2col_kernels_match_the_direct_twin_sentinel_and_threads(case, seed):
     """The im2col kernels (every stride runs here, 1 included) against the oracle and against the direct
     kernels, their index-form twin; bitwise the same at 1 and 2 threads."""

@@ -28,6 +28,7 @@ EMPTY1 = _empties((0,))
 EMPTY2 = _empties((0, 0))
 EMPTY3 = _empties((0, 0, 0))
 NO_BIAS3 = _empties((0, 1, 1))
+NO_DX4 = _empties((0, 1, 1, 1))  # conv's im2col backward: no dL/dX wanted (col2im skipped)
 
 
 def same_dtype(arr: np.ndarray, ref: np.ndarray, name: str, where: str, ref_name: str = "x") -> None:

@@ -36,7 +36,7 @@ from ..kernels import conv_im2col as kim
 from ..kernels import products
 from ..kernels.conv import ConvGeometry
 from ..kernels.products import pack_tap_weights
-from .common import NO_BIAS3, Launch, call_key, grad_buffer, remembered, same_dtype, unpack_grads, upstream
+from .common import NO_BIAS3, NO_DX4, Launch, call_key, grad_buffer, remembered, same_dtype, unpack_grads, upstream
 from .geometry import conv_geometry, conv_out_shape
 
 
@@ -131,10 +131,6 @@ def forward_checked(x, K, B, B3, geo: ConvGeometry, activation: str, code: int, 
         launch.forward(y, z, x4, K4, bias, geo, code)
     cache = ConvCache(x4, K4, B3, z, geo, activation, nd, x.shape, K.shape, None if B is None else B.shape, xp, cols)
     return y.reshape(conv_out_shape(geo, nd)), cache
-
-
-#: dx of the im2col backward when dL/dX is not wanted (the kernel skips col2im on an empty batch)
-_NO_DX = {np.dtype(d): np.zeros((0, 1, 1, 1), d) for d in (np.float32, np.float64)}
 
 
 #: stride 1 runs the wide kernels on output planes of more positions than this, im2col below
@@ -284,7 +280,7 @@ def backward_checked(dx, dK, dB, dy, cache: ConvCache, code: int) -> None:
     elif launch.path == "im2col":  # the products on the product core (kernels.conv_im2col)
         dzt = recycled((geo.M * geo.N * geo.Ho * geo.Wo,), x.dtype)  # the kernel transposes dz into it
         if dx is None:
-            dx4, dcols, plan_dx = _NO_DX[x.dtype], dzt[:0], products.NO_PRODUCT
+            dx4, dcols, plan_dx = NO_DX4[x.dtype], dzt[:0], products.NO_PRODUCT
         else:
             dx4, dcols, plan_dx = dx.reshape(x.shape), recycled((_cols_size(geo),), x.dtype), launch.plan_dx
         p_dk = _packed(launch.plan_dk, x.dtype)

@@ -132,7 +132,7 @@ def col_span(off, s, W, Wo):
     """
     lo = 0
     if off < 0:
-        lo = (-off + s - 1) // s
+        lo = (-off + s - 1) // s  # past Wo when the tap is left of x for every column: then hi = lo
     hi = (W - 1 - off) // s + 1  # floor division: negative when the tap never lands
     hi = min(hi, Wo)
     hi = max(hi, lo)
@@ -140,7 +140,7 @@ def col_span(off, s, W, Wo):
 
 
 @helper
-def _row_tap(geo, oh, g, c, ki, kj):
+def row_tap(geo, oh, g, c, ki, kj):
     """The Tap of kernel position (c, ki, kj) for output row oh of group g (its ih may lie outside x)."""
     ih = oh * geo.sh + ki * geo.dil_h - geo.ph0
     off = kj * geo.dil_w - geo.pw0
@@ -263,7 +263,7 @@ def conv_forward(y: F4, z: F4, x: F4, K: F4, B: F3, geo: ConvGeometry, code: int
             for c in range(geo.Cg):
                 for ki in range(geo.kh):
                     for kj in range(geo.kw):
-                        tap = _row_tap(geo, oh, g, c, ki, kj)
+                        tap = row_tap(geo, oh, g, c, ki, kj)
                         if tap.ih >= 0 and tap.ih < geo.H:  # else a padding row: contributes 0
                             _fwd_tap(z, x, K, n, m0, nm, oh, tap, geo.sw)
             if code != 0:
@@ -314,7 +314,7 @@ def conv_backward_filter(dK: F4, dB: F3, dz: F4, x: F4, geo: ConvGeometry):
                     for kj in range(geo.kw):
                         acc = dK.dtype.type(0)
                         for oh in range(geo.Ho):
-                            tap = _row_tap(geo, oh, g, c, ki, kj)
+                            tap = row_tap(geo, oh, g, c, ki, kj)
                             if tap.ih >= 0 and tap.ih < geo.H:
                                 acc = _dot_tap(dz, x, n, k, oh, tap, geo.sw, acc)
                         dK[k, c, ki, kj] += acc
@@ -349,7 +349,7 @@ def conv_backward_data(dx: F4, dz: F4, K: F4, geo: ConvGeometry):
             for oh in range(geo.Ho):
                 for ki in range(geo.kh):
                     for kj in range(geo.kw):
-                        tap = _row_tap(geo, oh, g, c, ki, kj)
+                        tap = row_tap(geo, oh, g, c, ki, kj)
                         if tap.ih >= 0 and tap.ih < geo.H:
                             _data_tap(dx, dz, K, n, m0, nm, oh, tap, geo.sw)
 

@@ -45,7 +45,7 @@ from numba import prange
 
 from .._jit import CORE_SERIAL_BELOW, F1, F2, F3, F4, helper, kernel
 from .activations import act_row
-from .conv import ConvGeometry, bias_grad, col_span
+from .conv import ConvGeometry, bias_grad, row_tap
 from .products import ACCUMULATE, OVERWRITE, GemmPlan, Operand, Packed, gemm_task, pack_count, pack_item, pack_pair_item, task_count
 from .simd import sload, sstore
 
@@ -77,26 +77,27 @@ def _im2col_plane(cols, xf, geo, n, ci):
     NP = geo.N * P
     zero = cols.dtype.type(0)
     xb = (n * geo.C + ci) * geo.H * geo.W
+    g = ci // geo.Cg
+    c = ci % geo.Cg
     for ki in range(geo.kh):
         for kj in range(geo.kw):
             row = (ci * geo.kh + ki) * geo.kw + kj
-            off = kj * geo.dil_w - geo.pw0
-            lo, hi = col_span(off, geo.sw, geo.W, geo.Wo)
             for oh in range(geo.Ho):
+                tap = row_tap(geo, oh, g, c, ki, kj)
                 d = row * NP + n * P + oh * geo.Wo
-                ih = oh * geo.sh + ki * geo.dil_h - geo.ph0
-                if ih < 0 or ih >= geo.H:
-                    lo_r = geo.Wo
-                    hi_r = geo.Wo
-                else:
-                    lo_r = lo
-                    hi_r = hi
-                s = xb + ih * geo.W + off
-                for ow in range(lo_r):
+                # tap.lo may lie past Wo (tap left of x for every column): zero-filling [0, lo)
+                # unclamped wrote into the next row (W = 1, dilation 3, padding 3: found by the fuzz test)
+                lo = min(tap.lo, geo.Wo)
+                hi = min(tap.hi, geo.Wo)
+                if tap.ih < 0 or tap.ih >= geo.H:  # a padding row: the whole output row reads 0
+                    lo = geo.Wo
+                    hi = geo.Wo
+                s = xb + tap.ih * geo.W + tap.off
+                for ow in range(lo):
                     sstore(cols, d + ow, zero)
-                for ow in range(lo_r, hi_r):
+                for ow in range(lo, hi):
                     sstore(cols, d + ow, sload(xf, s + ow * geo.sw))
-                for ow in range(hi_r, geo.Wo):
+                for ow in range(hi, geo.Wo):
                     sstore(cols, d + ow, zero)
 
 
@@ -107,17 +108,17 @@ def _col2im_plane(dxf, dcols, geo, n, ci):
     P = geo.Ho * geo.Wo
     NP = geo.N * P
     xb = (n * geo.C + ci) * geo.H * geo.W
+    g = ci // geo.Cg
+    c = ci % geo.Cg
     for ki in range(geo.kh):
         for kj in range(geo.kw):
             row = (ci * geo.kh + ki) * geo.kw + kj
-            off = kj * geo.dil_w - geo.pw0
-            lo, hi = col_span(off, geo.sw, geo.W, geo.Wo)
             for oh in range(geo.Ho):
-                ih = oh * geo.sh + ki * geo.dil_h - geo.ph0
-                if ih >= 0 and ih < geo.H:
+                tap = row_tap(geo, oh, g, c, ki, kj)
+                if tap.ih >= 0 and tap.ih < geo.H:
                     d = row * NP + n * P + oh * geo.Wo
-                    s = xb + ih * geo.W + off
-                    for ow in range(lo, hi):
+                    s = xb + tap.ih * geo.W + tap.off
+                    for ow in range(tap.lo, tap.hi):
                         i = s + ow * geo.sw
                         sstore(dxf, i, sload(dxf, i) + sload(dcols, d + ow))
 
@@ -167,12 +168,13 @@ def conv_forward_im2col(y: F4, z: F4, x: F4, K2: F2, B: F3, geo: ConvGeometry, c
         n = t // M
         m = t % M
         src = m * NP + n * P
+        # B[m, oh, ow] untied, B[m] tied (a step of 0): one loop for both, unswitched on has_bias
+        b0 = m * P if untied else m
+        bstep = 1 if untied else 0
         for p in range(P):
             v = sload(zt, src + p)
-            if untied and has_bias:
-                v += sload(Bf, m * P + p)
-            elif has_bias:
-                v += Bf[m]
+            if has_bias:
+                v += sload(Bf, b0 + p * bstep)
             sstore(zf, t * P + p, v)
         if code != 0:
             for oh in range(geo.Ho):
