@@ -34,6 +34,26 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: item.get_closest_marker("audit") is not None)
 
 
+def pytest_collection_finish(session):
+    """Start the background jobs of the selected tests marked ``background`` (tests/background.py)."""
+    import os
+
+    import background
+
+    if os.environ.get("NUMBA_DISABLE_JIT") == "1":
+        return
+    for item in session.items:
+        marker = item.get_closest_marker("background")
+        if marker is not None:
+            background.start(marker.kwargs["job"])
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import background
+
+    background.stop()
+
+
 def pytest_report_header(config):
     """Before the tests, so a red run on another machine explains itself: CPU, vector ISA, versions, threading layers."""
     from fastgrad.config import environment_lines

@@ -9,15 +9,16 @@ indexing is not checked in compiled code, so the small-shape kernel tests are
 also run once in pure Python (``NUMBA_DISABLE_JIT=1``), where it raises.
 """
 
+import json
 import os
-import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
-import numba
 import numpy as np
 import pytest
 
+import background
 import fastgrad
 import fastgrad.functional as F
 from fastgrad import _jit
@@ -115,19 +116,44 @@ def test_parallel_twins_race_free_over_50_runs(dtype, monkeypatch, threads):
                 assert np.array_equal(a, b), f"{name}: run {run} differs from the serial twin"
 
 
+PARFORS = textwrap.dedent(
+    """
+    import importlib
+    import json
+    import pathlib
+    import numba
+    import numpy as np
+    from fastgrad import _jit
+
+    for path in sorted(pathlib.Path("benchmarks").glob("*.py")):  # kernels of benchmark modules (product_threads)
+        if "@kernel" in path.read_text() or "@_jit.kernel" in path.read_text():
+            importlib.import_module(f"benchmarks.{path.stem}")
+    found = {}
+    for k in _jit.KERNELS:
+        fresh = numba.njit(parallel=True, error_model="numpy")(k.py_func)
+        fresh.compile(k.signature(np.float32))
+        meta = fresh.get_metadata(fresh.signatures[0])
+        found[k.name] = max(len(meta["parfors"]), meta["parfor_diagnostics"].count_parfors())
+    print(json.dumps(found))
+    """
+)
+
+
+def parfor_counts():
+    """Background job: {kernel: parfors in a fresh parallel compile of its float32 signature}, in a subprocess."""
+    proc = background.run([sys.executable, "-c", PARFORS], timeout=900, cwd=ROOT, env=dict(background.environ(), PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.background(job=parfor_counts)
 def test_every_parallel_kernel_has_a_parallel_loop():
     """A fresh parallel compile of each kernel must contain at least one parfor."""
-    checked = 0
-    for k in _jit.KERNELS:
-        sigs = k.parallel.signatures or k.serial.signatures
-        if not sigs:
-            continue
-        fresh = numba.njit(parallel=True, error_model="numpy")(k.py_func)
-        fresh.compile(sigs[0])
-        meta = fresh.get_metadata(fresh.signatures[0])
-        assert len(meta["parfors"]) >= 1 or meta["parfor_diagnostics"].count_parfors() >= 1, f"{k.__name__} runs serially"
-        checked += 1
-    assert checked >= 8
+    found = background.result(parfor_counts)
+    missed = sorted({k.name for k in _jit.KERNELS} - set(found))
+    assert not missed, f"kernels the suite ran but the audit did not compile: {missed}"
+    serial = [name for name, count in found.items() if count < 1]
+    assert not serial, f"these kernels run serially: {serial}"
 
 
 def test_at_most_two_specialisations_per_kernel():
@@ -145,23 +171,23 @@ SMALL_KERNEL_TESTS = [
 ]
 
 
-@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="already running without the JIT")
-def test_small_kernel_tests_pass_in_pure_python():
-    """Out-of-bounds audit: pure Python raises IndexError where compiled code reads garbage."""
+def pure_python_audit():
+    """Background job: the small-shape kernel tests in a pytest subprocess with NUMBA_DISABLE_JIT=1."""
     targets = list(SMALL_KERNEL_TESTS)
     for extra in ("tests/test_conv.py", "tests/test_lstm.py", "tests/test_pool.py", "tests/test_embedding.py", "tests/test_norm.py",
                   "tests/test_dropout.py"):
         if (ROOT / extra).exists():
             targets.append(f"{extra}")
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow and not nojit_skip", "-p", "no:cacheprovider", *targets],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    env = dict(background.environ(), NUMBA_DISABLE_JIT="1", PYTHONPATH=str(ROOT))
+    args = [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow and not nojit_skip", "-p", "no:cacheprovider", *targets]
+    return background.run(args, timeout=900, cwd=ROOT, env=env)
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="already running without the JIT")
+@pytest.mark.background(job=pure_python_audit)
+def test_small_kernel_tests_pass_in_pure_python():
+    """Out-of-bounds audit: pure Python raises IndexError where compiled code reads garbage."""
+    proc = background.result(pure_python_audit)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "passed" in proc.stdout
     assert fastgrad.__version__

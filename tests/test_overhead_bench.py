@@ -76,7 +76,9 @@ def test_run_one_row_and_one_step():
     assert phases["zero_grad"]["launches"] == 0
     assert phases["forward"]["launches"] - phases["forward"]["check_launches"] == n_layers
     assert phases["backward"]["launches"] >= n_layers and phases["step"]["launches"] >= 1
-    assert step["call_us"] > step["kernels_us"] > 0
+    # call and kernel replays are timed apart: under load either can come out larger, so no order between them
+    assert step["call_us"] > 0 and step["kernels_us"] > 0
+    assert step["overhead_us"] == pytest.approx(step["call_us"] - step["kernels_us"], abs=1e-2)
 
     md = overhead.format_markdown(res)
     assert "| op / layer / step | call µs | kernels µs | overhead µs | launches |" in md

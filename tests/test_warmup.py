@@ -10,8 +10,13 @@ twins, and the cache directory must not gain a single file.
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
+
+import pytest
+
+import background
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,19 +148,28 @@ def _files(cache: Path) -> set:
 
 
 def _run(code: str, cache: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, FASTGRAD_CACHE_DIR=str(cache), PYTHONWARNINGS="ignore")
+    env = dict(background.environ(), FASTGRAD_CACHE_DIR=str(cache), PYTHONWARNINGS="ignore")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    return background.run([sys.executable, "-c", code], env=env, timeout=900)
 
 
-def test_after_warmup_no_public_op_compiles(tmp_path):
-    cache = tmp_path / "cache"
-    warm = _run(WARM, cache)
+def warm_then_every_path():
+    """Background job: warm up into an empty cache, then run every path; the cache's files before and after."""
+    with tempfile.TemporaryDirectory(prefix="fastgrad-warmup-test-") as tmp:
+        cache = Path(tmp) / "cache"
+        warm = _run(WARM, cache)
+        before = _files(cache) if warm.returncode == 0 else set()
+        ran = _run(EVERY_PATH, cache) if warm.returncode == 0 else None
+        after = _files(cache)
+    return warm, before, ran, after
+
+
+@pytest.mark.background(job=warm_then_every_path)
+def test_after_warmup_no_public_op_compiles():
+    warm, before, ran, after = background.result(warm_then_every_path)
     assert warm.returncode == 0, warm.stderr[-3000:]
-    before = _files(cache)
     assert any(name.endswith(".nbi") for name in before), "warm-up cached nothing"
-    ran = _run(EVERY_PATH, cache)
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert "every path ran" in ran.stdout
-    added = sorted(_files(cache) - before)
+    added = sorted(after - before)
     assert not added, f"{len(added)} cache files were added after warm-up, e.g. {added[:6]}"
