@@ -243,9 +243,10 @@ def test_fuzz_kernels_sentinel_and_threads(case, seed):
     _fuzz_check(case, seed, _run_kernels)
 
 
-def _run_im2col_kernels(x4, K4, B3, dz4, geo, code, nthreads, dx_wanted=True):
+def _run_im2col_kernels(x4, K4, B3, dz4, geo, code, nthreads, dx_wanted=True, rows=False):
     """The product-core kernels (kernels.conv_im2col) with sentinel-filled outputs and NaN-filled
-    workspaces and packing buffers: a value they read before writing would show."""
+    workspaces and packing buffers: a value they read before writing would show.  ``rows``: NO_PRODUCT
+    plans, the kernels' row-by-row form (few channels per group)."""
     saved = numba.get_num_threads()
     numba.set_num_threads(min(nthreads, numba.config.NUMBA_NUM_THREADS))
     dt = x4.dtype
@@ -263,15 +264,15 @@ def _run_im2col_kernels(x4, K4, B3, dz4, geo, code, nthreads, dx_wanted=True):
         z = np.full(dz4.shape, SENTINEL)
         y = np.full(dz4.shape, SENTINEL)
         cols = nan(geo.C * geo.kh * geo.kw * NP)
-        plan = KP.gemm_plan(geo.Mg, NP, R, dt)
+        plan = KP.NO_PRODUCT if rows else KP.gemm_plan(geo.Mg, NP, R, dt)
         bufs = KI.Im2colBuffers(cols, nan(geo.M * NP), nan(0))
         KI.conv_forward_im2col.parallel(y if code else z, z, x4, K4.reshape(geo.M, -1), B3, geo, code, bufs,
                                         packed(plan), plan)
         dK = np.full(K4.shape, SENTINEL)
         dB = np.full(B3.shape, SENTINEL)
         dx = np.full(x4.shape, SENTINEL) if dx_wanted else np.zeros((0, 1, 1, 1))
-        plan_dk = KP.gemm_plan(geo.Mg, R, NP, dt)
-        plan_dx = KP.gemm_plan(R, NP, geo.Mg, dt) if dx_wanted else KP.NO_PRODUCT
+        plan_dk = KP.NO_PRODUCT if rows else KP.gemm_plan(geo.Mg, R, NP, dt)
+        plan_dx = KP.gemm_plan(R, NP, geo.Mg, dt) if dx_wanted and not rows else KP.NO_PRODUCT
         grads = KI.Im2colGrads(dx, dK.reshape(geo.M, -1), dB)
         bufs = KI.Im2colBuffers(cols, nan(geo.M * NP), nan(cols.size if dx_wanted else 0))
         KI.conv_backward_im2col.parallel(grads, dz4, K4.reshape(geo.M, -1), geo, bufs, packed(plan_dk),
@@ -289,17 +290,19 @@ def _run_im2col_kernels(x4, K4, B3, dz4, geo, code, nthreads, dx_wanted=True):
 @example((1, 2, 1, 1, 1, (1,), (3,), (1,), ((3, 3),), (3,), "tied", "identity"), 227)
 @example((2, 2, 2, 2, 1, (3, 1), (2, 3), (1, 1), ((0, 0), (3, 3)), (1, 3), None, "tanh"), 5)
 def test_fuzz_im2col_kernels_match_the_direct_twin_sentinel_and_threads(case, seed):
-    """The im2col kernels (every stride runs here, 1 included) against the oracle and against the direct
-    kernels, their index-form twin; bitwise the same at 1 and 2 threads."""
-    checked = _fuzz_check(case, seed, _run_im2col_kernels)
-    if checked is None:
-        return
-    got, args = checked
-    for a, b in zip(got, _run_kernels(*args, 1)):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-10)
-    # without dL/dX: the same dK and dB, nothing else computed
-    _, _, dK_only, dB_only, no_dx = _run_im2col_kernels(*args, 2, False)
-    assert dK_only.tobytes() == got[2].tobytes() and dB_only.tobytes() == got[3].tobytes() and no_dx.size == 0
+    """The im2col kernels (every stride runs here, 1 included), in both forms (packed products, and row by
+    row), against the oracle and against the direct kernels, their index-form twin; bitwise the same at 1
+    and 2 threads."""
+    for rows in (False, True):
+        checked = _fuzz_check(case, seed, lambda *a, rows=rows: _run_im2col_kernels(*a, rows=rows))
+        if checked is None:
+            return
+        got, args = checked
+        for a, b in zip(got, _run_kernels(*args, 1)):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-10)
+        # without dL/dX: the same dK and dB, nothing else computed
+        _, _, dK_only, dB_only, no_dx = _run_im2col_kernels(*args, 2, False, rows)
+        assert dK_only.tobytes() == got[2].tobytes() and dB_only.tobytes() == got[3].tobytes() and no_dx.size == 0
 
 
 def test_which_kernels_a_geometry_runs():
@@ -316,8 +319,9 @@ def _unit_stride(case) -> bool:
     return all(s == 1 for s in FG.per_dim(case[7], case[0], "s", "t"))
 
 
-#: every grid case on each path its shape allows (the wide kernels need stride 1)
-EVERY_PATH = [(c, p) for c in GRID for p in ("wide", "im2col", "direct") if p != "wide" or _unit_stride(c)]
+#: every grid case on each path its shape allows (the wide kernels need stride 1); im2col in both its
+#: forms: row by row (the grid's groups have at most FEW_CHANNELS output channels) and packed products
+EVERY_PATH = [(c, p) for c in GRID for p in ("wide", "im2col", "im2col-products", "direct") if p != "wide" or _unit_stride(c)]
 
 
 @pytest.mark.nojit_skip  # the grid's own finite-difference test runs each path's kernels in pure Python
@@ -325,9 +329,14 @@ EVERY_PATH = [(c, p) for c in GRID for p in ("wide", "im2col", "direct") if p !=
 def test_gradients_finite_differences_on_every_path(case, path, monkeypatch):
     """Every grid case through each path the shape allows, whichever conv_path would pick:
     the wide kernels need stride 1; im2col and the direct kernels take any geometry."""
-    monkeypatch.setattr(FCONV, "conv_path", lambda geo: path)
+    monkeypatch.setattr(FCONV, "conv_path", lambda geo: path.split("-")[0])
+    if path == "im2col-products":
+        monkeypatch.setattr(FCONV, "FEW_CHANNELS", 0)
+    monkeypatch.setattr(FCONV, "_launches", lambda key: FCONV._Launches(key[0], key[1], key[2]))  # not remembered
     _, cache = FC.conv_forward(*make_case(case, np.random.default_rng(0))[:3], case[7], case[8], case[9], case[4], case[11])
-    assert (cache.xp is not None, cache.cols is not None) == (path == "wide", path == "im2col")
+    assert (cache.xp is not None, cache.cols is not None) == (path == "wide", path.startswith("im2col"))
+    rows = FCONV._launches(FCONV.call_key(cache.geo, cache.x.dtype, "im2col")).plan_fwd == FCONV.products.NO_PRODUCT
+    assert path != "im2col-products" or not rows
     assert fd_case(case) < 1e-6
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import fastgrad.functional as F
+import fastgrad.functional.conv as FCONV
 from fastgrad import _workspace
 
 # (T, N, I, H) whose y, hx, z, a, c, sh and dW are above RECYCLE_MIN_BYTES in float64
@@ -137,13 +138,17 @@ def test_dense_and_conv_results_reused_only_when_dropped(op):
         np.testing.assert_array_equal(arr, ref)
 
 
-@pytest.mark.parametrize("padding, stride", [(0, 1), (2, 1), (1, 2)])
-def test_conv_temporaries_holding_nan_are_fully_overwritten(padding, stride):
+@pytest.mark.parametrize("padding, stride, form", [(0, 1, None), (2, 1, None), (1, 2, "rows"), (1, 2, "products")])
+def test_conv_temporaries_holding_nan_are_fully_overwritten(padding, stride, form, monkeypatch):
     """Conv takes its temporaries from the pool uninitialised (stride 1: the padded x, the wide dL/dZ,
     the wide dx; other strides: the columns of x, the product's output, dL/dZ moved to (M, N P),
     the columns of dL/dX and the packing buffers): after every free array in the pool is NaN-filled,
     a forward and backward still give bitwise the results of an empty pool (a kernel that skipped
-    a zero of the dropped columns, the margins or the padding taps would read NaN)."""
+    a zero of the dropped columns, the margins or the padding taps would read NaN).  Stride 2 in both
+    forms of the im2col kernels: 7 output channels run row by row, unless FEW_CHANNELS is below 7."""
+    if form == "products":
+        monkeypatch.setattr(FCONV, "FEW_CHANNELS", 0)
+        monkeypatch.setattr(FCONV, "_launches", lambda key: FCONV._Launches(key[0], key[1], key[2]))
     rng = np.random.default_rng(5)
     x = rng.standard_normal((4, 6, 30, 30))
     w = rng.standard_normal((7, 6, 3, 3))
@@ -162,7 +167,8 @@ def test_conv_temporaries_holding_nan_are_fully_overwritten(padding, stride):
         for arr in arrays:
             arr.fill(np.nan)
             poisoned += 1
-    assert poisoned >= 4  # at least xp, the wide dL/dZ, the wide dx and dx itself
+    # at least xp, the wide dL/dZ, the wide dx and dx; cols, dL/dZ as (M, N P) and dcols (+ packing buffers)
+    assert poisoned >= (3 if form == "rows" else 4)
     got = run(1)
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)

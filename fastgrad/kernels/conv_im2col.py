@@ -27,6 +27,15 @@ against PyTorch's 6.2 ms; (16, 64, 28, 64, 3) 308 ms against 12.5 ms.  The
 figures after are in the commit that added this module and in functional.conv
 (the choice of path).
 
+Few output channels per group (depthwise convolution: one) leave the product
+core's register tiles mostly empty, and its launches run group after group
+(3 per group in the forward).  With ``products.NO_PRODUCT`` plans the kernels
+run the same sums row by row instead (``_weighted_rows``), every group in one
+launch: row k of Z is row k of K times cols_g; dL/dK[k, r] is a dot product of
+row k of dL/dZ with row g R + r of cols; row g R + r of dcols is column r of
+K_g times dL/dZ_g.  functional.conv picks this form for groups of at most
+FEW_CHANNELS output channels (the measurements are there).
+
 Memory: cols holds one value per (input channel, tap, sample, output position)
 (C kh kw N Ho Wo values: kh kw times x's size when Ho Wo = H W); the forward
 keeps it for the backward's dL/dK.
@@ -129,6 +138,23 @@ def _col2im_plane(dxf, dcols, geo, n, ci):
                         sstore(dxf, i, sload(dxf, i) + sload(dcols, d + ow))
 
 
+@helper
+def _weighted_rows(out, d, w, w0, ws, src, s0, count, NP):
+    """out[d + q] = sum_i w[w0 + i ws] src[s0 + i NP + q] for q < NP, summed in the order i = 0, 1, ...
+
+    The row-by-row form of a product with few rows: Z_g's row m is K_g's row m times cols_g
+    (i over the R = Cg kh kw taps), dcols_g's row r is column r of K_g times dL/dZ_g (i over Mg).
+    """
+    zero = out.dtype.type(0)
+    for q in range(NP):
+        sstore(out, d + q, zero)
+    for i in range(count):
+        wi = sload(w, w0 + i * ws)
+        s = s0 + i * NP
+        for q in range(NP):
+            sstore(out, d + q, sload(out, d + q) + wi * sload(src, s + q))
+
+
 @kernel(serial_below=CORE_SERIAL_BELOW)
 def conv_forward_im2col(y: F4, z: F4, x: F4, K2: F2, B: F3, geo: ConvGeometry, code: int, bufs: Im2colBuffers,
                         packed: Packed, plan: GemmPlan):
@@ -142,7 +168,8 @@ def conv_forward_im2col(y: F4, z: F4, x: F4, K2: F2, B: F3, geo: ConvGeometry, c
     the flattened K; B as kernels.conv.conv_forward; bufs.cols written here
     (the backward reads it), bufs.zt the product's output (:class:`Im2colBuffers`); packed /
     plan: the product of one group (``products.gemm_plan(Mg, N Ho Wo, Cg kh kw)``),
-    its buffers reused group after group.
+    its buffers reused group after group; ``products.NO_PRODUCT``: row by row, all groups
+    in one launch (the module docstring).
     """
     P = geo.Ho * geo.Wo
     NP = geo.N * P
@@ -159,7 +186,11 @@ def conv_forward_im2col(y: F4, z: F4, x: F4, K2: F2, B: F3, geo: ConvGeometry, c
     for it in prange(geo.N * geo.C):
         t = np.int64(it)
         _im2col_plane(cols, xf, geo, t // geo.C, t % geo.C)
-    for g in range(geo.groups):
+    if task_count(plan) == 0:  # few channels per group (depthwise): row by row, all groups in one launch
+        for it in prange(M):
+            k = np.int64(it)
+            _weighted_rows(zt, k * NP, Kf, k * R, 1, cols, (k // geo.Mg) * R * NP, R, NP)
+    for g in range(geo.groups if task_count(plan) > 0 else 0):
         a = Operand(Kf[g * geo.Mg * R:], R, 1)  # A[m, r] = K[g Mg + m, r]
         b = Operand(cols[g * R * NP:], NP, 1)  # B[r, q] = cols[g R + r, q]
         zg = zt[g * geo.Mg * NP:]
@@ -202,7 +233,8 @@ def conv_backward_im2col(grads: Im2colGrads, dz: F4, K2: F2, geo: ConvGeometry, 
     K2 (M, R); bufs.cols the forward's columns, bufs.zt holds dzt here, bufs.dcols
     (:class:`Im2colBuffers`); p_dk, plan_dk: ``gemm_plan(Mg, R, N Ho Wo)``;
     p_dx, plan_dx: ``gemm_plan(R, N Ho Wo, Mg)`` (``products.NO_PRODUCT`` without
-    dL/dX).  One launch packs both products' panels; the dL/dK tasks and the
+    dL/dX).  plan_dk ``NO_PRODUCT``: dL/dK and dcols row by row (module docstring),
+    dcols only when dx is not empty.  One launch packs both products' panels; the dL/dK tasks and the
     dcols tasks then run in a launch each (mixed, each thread would stream a
     different packed operand: see products).
     """
@@ -221,6 +253,7 @@ def conv_backward_im2col(grads: Im2colGrads, dz: F4, K2: F2, geo: ConvGeometry, 
     Kf = K2.reshape(-1)
     dxf = dx.reshape(-1)
     none = dKf[:0]
+    rows = task_count(plan_dk) == 0  # few channels per group: row by row, as conv_forward_im2col
     for it in prange(geo.M):
         k = np.int64(it)
         for n in range(geo.N):
@@ -229,7 +262,19 @@ def conv_backward_im2col(grads: Im2colGrads, dz: F4, K2: F2, geo: ConvGeometry, 
             for p in range(P):
                 sstore(dzt, dst + p, sload(dzf, src + p))
             bias_grad(dB, dz, n, k)
-    for g in range(geo.groups):
+        if rows:  # dK[k, r] += sum_q dzt[k, q] cols[g R + r, q]: row k of dzt is complete here
+            s0 = (k // Mg) * R * NP
+            for r in range(R):
+                acc = dKf.dtype.type(0)
+                for q in range(NP):
+                    acc += sload(dzt, k * NP + q) * sload(cols, s0 + r * NP + q)
+                sstore(dKf, k * R + r, sload(dKf, k * R + r) + acc)
+    if rows and dx.shape[0] > 0:  # dcols[g R + r, q] = sum_m K[g Mg + m, r] dzt[g Mg + m, q]
+        for it in prange(geo.C * geo.kh * geo.kw):
+            j = np.int64(it)
+            g = j // R
+            _weighted_rows(dcols, j * NP, Kf, g * Mg * R + j % R, R, dzt, g * Mg * NP, Mg, NP)
+    for g in range(geo.groups if not rows else 0):
         a_dk = Operand(dzt[g * Mg * NP:], NP, 1)  # A[m, q] = dzt[g Mg + m, q]
         b_dk = Operand(cols[g * R * NP:], 1, NP)  # B[q, r] = cols[g R + r, q]: cols_g^T read in place
         a_dx = Operand(Kf[g * Mg * R:], 1, R)  # A[r, m] = K[g Mg + m, r]: K_g^T read in place
