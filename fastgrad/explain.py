@@ -204,7 +204,7 @@ CONV = Op(
     "stride, padding, dilation and groups as in the index form z[n, k, oh, ow] of conv_forward's docstring.\n"
     "The lines below are the general kernels, the plain index form.  Stride 1 runs the *_s1 kernels (the same sums\n"
     "over a zero-padded copy of x), other strides the conv_im2col kernels (the same sums as matrix products on the\n"
-    "product core); the tests check both against these.",
+    "product core, or row by row for groups of <= 16 output channels); the tests check both against these.",
     (
         "conv_im2col.conv_forward_im2col", "activations.activation_dz", "conv_im2col.conv_backward_im2col",
         "conv.conv_forward_s1", "conv.conv_backward_filter_s1", "conv.conv_backward_data_s1",
