@@ -114,17 +114,10 @@ def fd_case(case, seed=0) -> float:
     return worst
 
 
-#: the slowest cases without the JIT (90 s of the 230 s NUMBA_DISABLE_JIT audit in
-#: test_audit.py; measured): the audit keeps the other 31, compiled runs keep all.  1, 3, 14,
-#: 20 and 21 joined when strides other than 1 and small planes moved to the im2col kernels,
-#: whose product core is slow in pure Python (3.9-5.7 s each, AMD EPYC Zen 3; the audit still
-#: runs 13 other cases on that path)
-NOJIT_HEAVY = (0, 1, 3, 6, 7, 10, 14, 18, 20, 21)
-
-
-@pytest.mark.parametrize(
-    "case", [pytest.param(c, marks=pytest.mark.nojit_skip) if i in NOJIT_HEAVY else c for i, c in enumerate(GRID)], ids=case_id
-)
+# Every grid case also runs in the pure-Python bounds audit (test_audit.py): since groups of <= 16
+# output channels run im2col row by row, none takes more than 4 s there (AMD EPYC Zen 5); 10 cases
+# were left out of it while the pure-Python product core made them take 4-27 s each.
+@pytest.mark.parametrize("case", GRID, ids=case_id)
 def test_gradients_finite_differences(case):
     fd_case(case)
 
@@ -506,11 +499,9 @@ def test_nan_propagates_when_allowed():
 @pytest.mark.parametrize(
     "cls, kwargs, shape",
     [
-        # without the JIT these two take 27 and 17 s on the im2col path (its product core in pure Python)
-        pytest.param(Conv2D, {"in_channels": 4, "out_channels": 6, "kernel_size": 3, "stride": 2, "padding": "same", "groups": 2},
-                     (2, 4, 7, 7), marks=pytest.mark.nojit_skip),
-        pytest.param(Conv2D, {"in_channels": 3, "out_channels": 5, "kernel_size": (3, 2), "padding": ((1, 0), (0, 2)),
-                              "bias": "untied", "input_size": (5, 6), "activation": "tanh"}, (2, 3, 5, 6), marks=pytest.mark.nojit_skip),
+        (Conv2D, {"in_channels": 4, "out_channels": 6, "kernel_size": 3, "stride": 2, "padding": "same", "groups": 2}, (2, 4, 7, 7)),
+        (Conv2D, {"in_channels": 3, "out_channels": 5, "kernel_size": (3, 2), "padding": ((1, 0), (0, 2)),
+                  "bias": "untied", "input_size": (5, 6), "activation": "tanh"}, (2, 3, 5, 6)),
         (Conv2D, {"in_channels": 3, "out_channels": 3, "kernel_size": 3, "groups": 3, "bias": None, "dilation": 2}, (1, 3, 7, 7)),
         (Conv1D, {"in_channels": 2, "out_channels": 4, "kernel_size": 3, "stride": 2, "padding": (0, 2), "activation": "relu"}, (3, 2, 9)),
         (Conv1D, {"in_channels": 2, "out_channels": 4, "kernel_size": 3, "padding": "same", "bias": "untied", "input_size": 8}, (3, 2, 8)),
