@@ -126,7 +126,8 @@ PARFORS = textwrap.dedent(
     from fastgrad import _jit
 
     for path in sorted(pathlib.Path("benchmarks").glob("*.py")):  # kernels of benchmark modules (product_threads)
-        if "@kernel" in path.read_text() or "@_jit.kernel" in path.read_text():
+        source = path.read_text()
+        if "@kernel" in source or "@_jit.kernel" in source:
             importlib.import_module(f"benchmarks.{path.stem}")
     found = {}
     for k in _jit.KERNELS:

@@ -190,14 +190,15 @@ def conv_forward_im2col(y: F4, z: F4, x: F4, K2: F2, B: F3, geo: ConvGeometry, c
         for it in prange(M):
             k = np.int64(it)
             _weighted_rows(zt, k * NP, Kf, k * R, 1, cols, (k // geo.Mg) * R * NP, R, NP)
-    for g in range(geo.groups if task_count(plan) > 0 else 0):
-        a = Operand(Kf[g * geo.Mg * R:], R, 1)  # A[m, r] = K[g Mg + m, r]
-        b = Operand(cols[g * R * NP:], NP, 1)  # B[r, q] = cols[g R + r, q]
-        zg = zt[g * geo.Mg * NP:]
-        for it in prange(pack_count(packed, plan)):
-            pack_item(np.int64(it), a, b, packed, plan)
-        for it in prange(task_count(plan)):
-            gemm_task(np.int64(it), zg, NP, none, OVERWRITE, packed, plan)
+    else:
+        for g in range(geo.groups):
+            a = Operand(Kf[g * geo.Mg * R:], R, 1)  # A[m, r] = K[g Mg + m, r]
+            b = Operand(cols[g * R * NP:], NP, 1)  # B[r, q] = cols[g R + r, q]
+            zg = zt[g * geo.Mg * NP:]
+            for it in prange(pack_count(packed, plan)):
+                pack_item(np.int64(it), a, b, packed, plan)
+            for it in prange(task_count(plan)):
+                gemm_task(np.int64(it), zg, NP, none, OVERWRITE, packed, plan)
     has_bias = B.shape[0] == M
     untied = B.shape[1] * B.shape[2] > 1
     for it in prange(geo.N * M):
@@ -274,20 +275,21 @@ def conv_backward_im2col(grads: Im2colGrads, dz: F4, K2: F2, geo: ConvGeometry, 
             j = np.int64(it)
             g = j // R
             _weighted_rows(dcols, j * NP, Kf, g * Mg * R + j % R, R, dzt, g * Mg * NP, Mg, NP)
-    for g in range(geo.groups if not rows else 0):
-        a_dk = Operand(dzt[g * Mg * NP:], NP, 1)  # A[m, q] = dzt[g Mg + m, q]
-        b_dk = Operand(cols[g * R * NP:], 1, NP)  # B[q, r] = cols[g R + r, q]: cols_g^T read in place
-        a_dx = Operand(Kf[g * Mg * R:], 1, R)  # A[r, m] = K[g Mg + m, r]: K_g^T read in place
-        b_dx = Operand(dzt[g * Mg * NP:], NP, 1)  # B[m, q] = dzt[g Mg + m, q]
-        n_dk = pack_count(p_dk, plan_dk)
-        for it in prange(n_dk + pack_count(p_dx, plan_dx)):
-            pack_pair_item(np.int64(it), n_dk, a_dk, b_dk, p_dk, plan_dk, a_dx, b_dx, p_dx, plan_dx)
-        dKg = dKf[g * Mg * R:]
-        for it in prange(task_count(plan_dk)):
-            gemm_task(np.int64(it), dKg, R, none, ACCUMULATE, p_dk, plan_dk)
-        dcg = dcols[g * R * NP:]
-        for it in prange(task_count(plan_dx)):
-            gemm_task(np.int64(it), dcg, NP, none, OVERWRITE, p_dx, plan_dx)
+    if not rows:
+        for g in range(geo.groups):
+            a_dk = Operand(dzt[g * Mg * NP:], NP, 1)  # A[m, q] = dzt[g Mg + m, q]
+            b_dk = Operand(cols[g * R * NP:], 1, NP)  # B[q, r] = cols[g R + r, q]: cols_g^T read in place
+            a_dx = Operand(Kf[g * Mg * R:], 1, R)  # A[r, m] = K[g Mg + m, r]: K_g^T read in place
+            b_dx = Operand(dzt[g * Mg * NP:], NP, 1)  # B[m, q] = dzt[g Mg + m, q]
+            n_dk = pack_count(p_dk, plan_dk)
+            for it in prange(n_dk + pack_count(p_dx, plan_dx)):
+                pack_pair_item(np.int64(it), n_dk, a_dk, b_dk, p_dk, plan_dk, a_dx, b_dx, p_dx, plan_dx)
+            dKg = dKf[g * Mg * R:]
+            for it in prange(task_count(plan_dk)):
+                gemm_task(np.int64(it), dKg, R, none, ACCUMULATE, p_dk, plan_dk)
+            dcg = dcols[g * R * NP:]
+            for it in prange(task_count(plan_dx)):
+                gemm_task(np.int64(it), dcg, NP, none, OVERWRITE, p_dx, plan_dx)
     if dx.shape[0] > 0:
         for it in prange(geo.N * geo.C):
             t = np.int64(it)
