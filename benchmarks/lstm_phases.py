@@ -8,7 +8,7 @@
    W[:, :, :H]^T for the recurrence and copies x into the rows [h, x];
 2. **projection**: ``z = b + W[:, :, H:] . x_t`` for every (t, n): one product
    (T N, I) x (I, 4H) over its tasks;
-3. **recurrence**: blocks of MR sequences in parallel, time serial inside a
+3. **recurrence**: row blocks of sequences in parallel (``products.recurrence_plan``), time serial inside a
    block; per step the block's h_{t-1} is packed (``rec pack``), one row of
    register tiles adds ``h_{t-1} W[:, :, :H]^T`` to z (``rec product``), and the
    gate epilogue (sigma_f, sigma_i, sigma_o, sigma_n, c_t, h_t) runs per
@@ -39,7 +39,7 @@ The backward (``kernels.lstm.lstm_backward``) the same way:
 Each figure is the median over ``--rounds`` interleaved rounds of each round's
 median call (phases interleaved inside a round), at ``--threads`` threads and at
 1 thread (the parallel speed-up of each phase shows the load balance of the
-blocks: N = 16 sequences make 3 blocks of MR = 6 for 2 threads).
+blocks: N = 16 sequences made 3 blocks of 6, 6 and 4 rows for 2 threads before the tall tile).
 """
 
 
@@ -57,9 +57,9 @@ from fastgrad.kernels.products import (
     Operand,
     Packed,
     pack_row_block,
-    row_block,
-    row_block_count,
-    row_block_panel,
+    recurrence_block,
+    recurrence_block_count,
+    recurrence_panel,
     row_block_product,
 )
 
@@ -83,10 +83,10 @@ def recurrence_only(z2f: F1, hx2f: F1, rec_a: F1, rec_b: F1, plan_rec: products.
     G = plan_rec.n
     HI = hx2f.shape[0] // (T * N)
     a_h = Operand(hx2f, HI, 1)
-    for q in prange(row_block_count(N)):
+    for q in prange(recurrence_block_count(plan_rec)):
         blk = np.int64(q)
-        n0, nb = row_block(blk, N)
-        panel = Packed(row_block_panel(rec_a, blk, H), rec_b)
+        n0, nb = recurrence_block(blk, plan_rec)
+        panel = Packed(recurrence_panel(rec_a, blk, H), rec_b)
         for t in range(T):
             r0 = t * N + n0
             if with_product:
@@ -102,25 +102,25 @@ def bwd_recurrence_only(dz2f: F1, rec_a: F1, rec_b: F1, rec_tmp: F1, plan_rec: p
     H = plan_rec.n
     G = plan_rec.k
     a_dz = Operand(dz2f, G, 1)
-    for q in prange(row_block_count(N)):
+    for q in prange(recurrence_block_count(plan_rec)):
         blk = np.int64(q)
-        n0, nb = row_block(blk, N)
-        panel = Packed(row_block_panel(rec_a, blk, G), rec_b)
-        tmp = row_block_panel(rec_tmp, blk, H)
+        n0, nb = recurrence_block(blk, plan_rec)
+        panel = Packed(recurrence_panel(rec_a, blk, G), rec_b)
+        tmp = recurrence_panel(rec_tmp, blk, H)
         for t in range(T - 1, -1, -1):
             row_block_product(a_dz, t * N + n0, nb, panel, plan_rec, tmp, H, OVERWRITE)
 
 
 @_jit.kernel
 def bwd_cells_only(grads: klstm.LSTMGrads, scratch: klstm.LSTMScratch, upstream: klstm.LSTMUpstream, saved: klstm.LSTMSaved,
-                   codes: _jit.I1):
+                   codes: _jit.I1, plan_rec: products.GemmPlan):
     """The backward recurrence's gate step alone: cell_backward per row block of sequences and step."""
     T, N, H = saved.sh.shape
     rec_tmp = scratch.rec_tmp
-    for q in prange(row_block_count(N)):
+    for q in prange(recurrence_block_count(plan_rec)):
         blk = np.int64(q)
-        n0, nb = row_block(blk, N)
-        tmp = row_block_panel(rec_tmp, blk, H)
+        n0, nb = recurrence_block(blk, plan_rec)
+        tmp = recurrence_panel(rec_tmp, blk, H)
         for t in range(T - 1, -1, -1):
             for n in range(n0, n0 + nb):
                 klstm.cell_backward(grads, scratch, upstream, saved, t, n, codes, tmp[(n - n0) * H:(n - n0 + 1) * H])
@@ -142,9 +142,9 @@ def phase_calls(shape, dtype):
     saved = klstm.LSTMSaved(np.empty((T, N, H + n_in), dt), np.empty((T, N, 4, H), dt), np.empty((T, N, 4, H), dt),
                             np.empty((T + 1, N, H), dt), np.empty((T, N, H), dt))
     plan_proj = products.gemm_plan(T * N, 4 * H, n_in, dt)
-    plan_rec = products.gemm_plan(N, 4 * H, H, dt)
+    plan_rec = products.recurrence_plan(N, 4 * H, H, dt)
     pa, pb = products.packed_sizes(plan_proj, dt)
-    buffers = klstm.LSTMBuffers(np.empty(pa, dt), np.empty(pb, dt), np.zeros(products.row_blocks_size(N, H), dt),
+    buffers = klstm.LSTMBuffers(np.empty(pa, dt), np.empty(pb, dt), np.zeros(products.recurrence_panels_size(plan_rec, H), dt),
                                 np.empty(products.packed_b_size(plan_rec, dt), dt))
     inputs = klstm.LSTMInputs(x, h0, c0, lengths, codes)
     work = T * N * 4 * H * (H + n_in)
@@ -181,13 +181,15 @@ def phase_calls(shape, dtype):
     grads = klstm.LSTMGrads(np.zeros((T, N, n_in), dt), np.zeros_like(W), np.zeros_like(b), np.zeros((N, H), dt),
                             np.zeros((N, H), dt))
     upstream = klstm.LSTMUpstream(np.ones((T, N, H), dt), np.zeros((N, H), dt), np.zeros((N, H), dt))
-    plan_brec = products.gemm_plan(N, H, G, dt)
+    plan_brec = products.recurrence_plan(N, H, G, dt)
     plan_dx = products.gemm_plan(TN, n_in, G, dt)
     plan_dw = products.gemm_plan(G, H + n_in, TN, dt)
     sizes = [*products.packed_sizes(plan_dx, dt), *products.packed_sizes(plan_dw, dt)]
     scr = klstm.LSTMScratch(np.zeros((T, N, 4, H), dt), np.zeros((N, H), dt), np.zeros((N, H), dt),
-                            *(np.zeros(size, dt) for size in sizes), np.zeros(products.row_blocks_size(N, G), dt),
-                            np.zeros(products.packed_b_size(plan_brec, dt), dt), np.zeros(products.row_blocks_size(N, H), dt))
+                            *(np.zeros(size, dt) for size in sizes),
+                            np.zeros(products.recurrence_panels_size(plan_brec, G), dt),
+                            np.zeros(products.packed_b_size(plan_brec, dt), dt),
+                            np.zeros(products.recurrence_panels_size(plan_brec, H), dt))
     backward = _jit.pick(klstm.lstm_backward, 2 * work)
 
     def bwd():
@@ -215,7 +217,7 @@ def phase_calls(shape, dtype):
         brec(dz2f, scr.rec_a, scr.rec_b, scr.rec_tmp, plan_brec, T)
 
     def bwd_cells():
-        cells(grads, scr, upstream, saved, codes)
+        cells(grads, scr, upstream, saved, codes, plan_brec)
 
     return {"whole": whole, "projection": projection, "rec pack": rec_pack, "rec product": rec_product, "layer call": layer,
             "bwd": bwd, "bwd dx+dW": bwd_products, "bwd rec product": bwd_rec, "bwd cell": bwd_cells}

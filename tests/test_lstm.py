@@ -158,12 +158,14 @@ def test_float32_agrees_with_float64(rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_one_and_two_threads_bitwise_equal(dtype, rng, threads):
-    # work = T N 4H (H+I) is far above PARALLEL_MIN_WORK, so 2 threads run the parallel twin
-    T, N, n_in, H = 10, 6, 8, 16
+@pytest.mark.parametrize("N", [6, 20])
+def test_one_and_two_threads_bitwise_equal(dtype, N, rng, threads):
+    # work = T N 4H (H+I) is far above PARALLEL_MIN_WORK, so 2 threads run the parallel twin.
+    # N = 20: products.recurrence_plan makes row blocks of 7, 7, 6 at 1 thread and 4 x 5 at 2
+    T, n_in, H = 10, 8, 16
     x, W, b, h0, c0 = _problem(rng, T, N, n_in, H, dtype)
     dy = rng.standard_normal((T, N, H)).astype(dtype)
-    lengths = [10, 3, 10, 7, 1, 9]
+    lengths = ([10, 3, 10, 7, 1, 9] * 4)[:N]
 
     def run():
         (y, (hT, cT)), cache = FL.lstm_forward(x, W, b, h0, c0, None, lengths)
@@ -190,15 +192,15 @@ def _kernel_run(twin_fwd, twin_bwd, x, W, b, h0, c0, lengths, dy):
     saved = klstm.LSTMSaved(np.empty((T, N, H + n_in), dt), np.empty((T, N, 4, H), dt), np.empty((T, N, 4, H), dt),
                             np.empty((T + 1, N, H), dt), np.empty((T, N, H), dt))
     plan_proj = products.gemm_plan(T * N, G, n_in, dt)
-    plan_rec = products.gemm_plan(N, G, H, dt)
-    sizes = [*products.packed_sizes(plan_proj, dt), products.row_blocks_size(N, H), products.packed_b_size(plan_rec, dt)]
+    plan_rec = products.recurrence_plan(N, G, H, dt)
+    sizes = [*products.packed_sizes(plan_proj, dt), products.recurrence_panels_size(plan_rec, H), products.packed_b_size(plan_rec, dt)]
     buffers = klstm.LSTMBuffers(*(np.full(size, np.nan, dt) for size in sizes))
     twin_fwd(out, saved, klstm.LSTMInputs(x, h0, c0, lengths, codes), W, b, buffers, plan_proj, plan_rec)
-    plan_brec = products.gemm_plan(N, H, G, dt)
+    plan_brec = products.recurrence_plan(N, H, G, dt)
     plan_dx = products.gemm_plan(T * N, n_in, G, dt)
     plan_dw = products.gemm_plan(G, H + n_in, T * N, dt)
-    sizes = [*products.packed_sizes(plan_dx, dt), *products.packed_sizes(plan_dw, dt), products.row_blocks_size(N, G),
-             products.packed_b_size(plan_brec, dt), products.row_blocks_size(N, H)]
+    sizes = [*products.packed_sizes(plan_dx, dt), *products.packed_sizes(plan_dw, dt), products.recurrence_panels_size(plan_brec, G),
+             products.packed_b_size(plan_brec, dt), products.recurrence_panels_size(plan_brec, H)]
     scratch = klstm.LSTMScratch(np.full((T, N, 4, H), np.nan, dt), np.full((N, H), np.nan, dt), np.full((N, H), np.nan, dt),
                                 *(np.full(size, np.nan, dt) for size in sizes))
     grads = klstm.LSTMGrads(np.zeros((T, N, n_in), dt), np.zeros_like(W), np.zeros_like(b), np.zeros((N, H), dt), np.zeros((N, H), dt))
@@ -208,11 +210,14 @@ def _kernel_run(twin_fwd, twin_bwd, x, W, b, h0, c0, lengths, dy):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("T, N, n_in, H", [(1, 1, 1, 1), (3, 7, 5, 9), (4, 13, 3, 40), (2, 6, 300, 5), (2, 3, 2, 70)])
+@pytest.mark.parametrize("T, N, n_in, H", [(1, 1, 1, 1), (3, 7, 5, 9), (4, 13, 3, 40), (2, 6, 300, 5), (2, 3, 2, 70),
+                                           (3, 16, 4, 9), (2, 31, 3, 40)])
 def test_gate_products_equal_their_plain_twins_on_edge_shapes(dtype, T, N, n_in, H):
     """The LSTM's products on the product core (edge tiles; N = 7, 13 short row blocks; I = 300
     two KC blocks in the projection; 4H = 280 two KC blocks in the backward recurrence) against
-    kernels.lstm.gate_products_reference and gate_backward_products_reference."""
+    kernels.lstm.gate_products_reference and gate_backward_products_reference.  With AVX-512
+    the recurrence runs blocks of 7 and 6 rows at N = 13, two full tall tiles of 8 at N = 16
+    and 8, 8, 8, 7 at N = 31 (products.recurrence_plan)."""
     from fastgrad.kernels import lstm as klstm
 
     rng = np.random.default_rng(T * 1000 + N * 100 + n_in + H)

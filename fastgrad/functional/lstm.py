@@ -129,8 +129,8 @@ def lstm_forward(x, W, b, h0=None, c0=None, activations=None, lengths=None, *, c
     codes = np.array([activation_code(acts[g], where) for g in LSTM_GATES], np.int64)
     work = T * N * 4 * H * (H + n_in)
     plan_proj = products.gemm_plan(T * N, 4 * H, n_in, dt)
-    plan_rec = products.gemm_plan(N, 4 * H, H, dt)
-    sizes = [*products.packed_sizes(plan_proj, dt), products.row_blocks_size(N, H), products.packed_b_size(plan_rec, dt)]
+    plan_rec = products.recurrence_plan(N, 4 * H, H, dt)
+    sizes = [*products.packed_sizes(plan_proj, dt), products.recurrence_panels_size(plan_rec, H), products.packed_b_size(plan_rec, dt)]
     with scratch(dt, *[(size,) for size in sizes]) as bufs:
         inputs = klstm.LSTMInputs(x, h0, c0, lens, codes)
         _jit.pick(klstm.lstm_forward, work)(out, saved, inputs, W, b, klstm.LSTMBuffers(*bufs), plan_proj, plan_rec)
@@ -191,12 +191,13 @@ def _backward(grads, dy, cache, dhT, dcT, check_finite, where):
     dcT = np.zeros((N, H), dt) if dcT is None else upstream(dcT, (N, H), dt, where, check_finite, "dcT")
     G = 4 * H
     TN = T * N
-    plan_rec = products.gemm_plan(N, H, G, dt)
+    plan_rec = products.recurrence_plan(N, H, G, dt)
     plan_dx = products.gemm_plan(TN, n_in, G, dt)
     plan_dw = products.gemm_plan(G, H + n_in, TN, dt)
     shapes = [(T, N, 4, H), (N, H), (N, H)]
     shapes += [(size,) for size in products.packed_sizes(plan_dx, dt) + products.packed_sizes(plan_dw, dt)]
-    shapes += [(products.row_blocks_size(N, G),), (products.packed_b_size(plan_rec, dt),), (products.row_blocks_size(N, H),)]
+    shapes += [(products.recurrence_panels_size(plan_rec, G),), (products.packed_b_size(plan_rec, dt),),
+               (products.recurrence_panels_size(plan_rec, H),)]
     check_alloc(where, dt, [("scratch", (sum(math.prod(s) for s in shapes),))])
     work = 2 * TN * G * (H + n_in)
     with scratch(dt, *shapes) as bufs:

@@ -69,9 +69,9 @@ from .products import (
     pack_count,
     pack_item,
     pack_pair_item,
-    row_block,
-    row_block_count,
-    row_block_panel,
+    recurrence_block,
+    recurrence_block_count,
+    recurrence_panel,
     row_block_product,
     task_block,
     task_count,
@@ -135,7 +135,7 @@ class LSTMUpstream(NamedTuple):
 class LSTMBuffers(NamedTuple):
     """Packing buffers of lstm_forward (overwritten): a, b of the input projection
     (``products.packed_sizes``); rec_b W[:, :, :H]^T packed once per call; rec_a one
-    panel of h_{t-1} per row block of sequences (``products.row_blocks_size(N, H)``)."""
+    panel of h_{t-1} per row block of sequences (``products.recurrence_panels_size(plan_rec, H)``)."""
 
     a: F1
     b: F1
@@ -149,8 +149,8 @@ class LSTMScratch(NamedTuple):
     dz (T, N, 4, H) dL/dz per gate (0 at padded steps); dh, dc (N, H) the carries
     dL/dh_t and dL/dc_{t+1} f_{t+1} flowing back through time; the packing
     buffers of dx (dx_a, dx_b) and dW (dw_a, dw_b); rec_b W[:, :, :H] packed once,
-    rec_a one panel of dz_t (``products.row_blocks_size(N, 4H)``) and rec_tmp one
-    tile of dL/dh_{t-1} (``row_blocks_size(N, H)``) per row block of sequences.
+    rec_a one panel of dz_t (``products.recurrence_panels_size(plan_rec, 4H)``) and rec_tmp
+    one tile of dL/dh_{t-1} (``recurrence_panels_size(plan_rec, H)``) per row block of sequences.
     """
 
     dz: F4
@@ -266,7 +266,8 @@ def lstm_forward(out: LSTMOut, saved: LSTMSaved, inputs: LSTMInputs, W: F3, b: F
     Outputs (overwritten): ``out`` (:class:`LSTMOut`) and ``saved``
     (:class:`LSTMSaved`).  inputs (:class:`LSTMInputs`); W (4, H, H+I); b (4, H);
     buffers (:class:`LSTMBuffers`); plan_proj the product (TN, I) x (I, 4H),
-    plan_rec the recurrence's (N, H) x (H, 4H) (``products.gemm_plan``).
+    plan_rec the recurrence's (N, H) x (H, 4H) (``products.recurrence_plan``; the others
+    ``products.gemm_plan``).
 
     Matrices are viewed with the gate and unit merged, row gk = g H + k:
     W2 (4H, H+I), z2 (T N, 4H), hx2 (T N, H+I), x2 (T N, I).
@@ -317,10 +318,10 @@ def lstm_forward(out: LSTMOut, saved: LSTMSaved, inputs: LSTMInputs, W: F3, b: F
     # four gates of the block's sequences in one row of register tiles.
     a_h = Operand(hx2.reshape(-1), HI, 1)
     rec_a = buffers.rec_a
-    for q in prange(row_block_count(N)):
+    for q in prange(recurrence_block_count(plan_rec)):
         blk = np.int64(q)
-        n0, nb = row_block(blk, N)
-        panel = Packed(row_block_panel(rec_a, blk, H), rec_b)
+        n0, nb = recurrence_block(blk, plan_rec)
+        panel = Packed(recurrence_panel(rec_a, blk, H), rec_b)
         for n in range(n0, n0 + nb):
             for k in range(H):
                 hx[0, n, k] = h0[n, k]
@@ -385,8 +386,8 @@ def lstm_backward(grads: LSTMGrads, scratch: LSTMScratch, upstream: LSTMUpstream
 
     grads (:class:`LSTMGrads`); scratch (:class:`LSTMScratch`), allocated by the
     caller; upstream (:class:`LSTMUpstream`); saved, W, lengths, codes as given to
-    lstm_forward.  plan_rec: the recurrence's (N, 4H) x (4H, H); plan_dx: (TN, 4H)
-    x (4H, I); plan_dw: (4H, TN) x (TN, H+I) (``products.gemm_plan``).
+    lstm_forward.  plan_rec: the recurrence's (N, 4H) x (4H, H) (``products.recurrence_plan``);
+    plan_dx: (TN, 4H) x (4H, I); plan_dw: (4H, TN) x (TN, H+I) (``products.gemm_plan``).
     """
     # bundled arrays as local names before any prange (numba issue 5872)
     T, N, n_in = grads.dx.shape
@@ -417,11 +418,11 @@ def lstm_backward(grads: LSTMGrads, scratch: LSTMScratch, upstream: LSTMUpstream
         pack_b_item(np.int64(q), b_h, rec_b, plan_rec)
     # The recurrence backwards in time, parallel over row blocks of sequences.
     a_dz = Operand(dz2f, G, 1)
-    for q in prange(row_block_count(N)):
+    for q in prange(recurrence_block_count(plan_rec)):
         blk = np.int64(q)
-        n0, nb = row_block(blk, N)
-        panel = Packed(row_block_panel(rec_a, blk, G), rec_b)
-        tmp = row_block_panel(rec_tmp, blk, H)
+        n0, nb = recurrence_block(blk, plan_rec)
+        panel = Packed(recurrence_panel(rec_a, blk, G), rec_b)
+        tmp = recurrence_panel(rec_tmp, blk, H)
         Lmax = 0
         for n in range(n0, n0 + nb):
             L = lengths[n]

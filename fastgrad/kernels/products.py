@@ -30,16 +30,18 @@ The entry points the layers use (nobody outside this module names MR, NR, a
 panel or an offset into one; tests/test_style.py checks it):
 
 * sizing, in Python: :func:`gemm_plan`, :func:`packed_sizes`,
-  :func:`packed_b_size`, :func:`row_blocks_size`, :func:`tile_shape`;
+  :func:`packed_b_size`, :func:`tile_shape`;
   ``NO_PRODUCT`` for a product nobody reads;
 * one product from a kernel: ``pack_item`` over ``pack_count`` items, then
   ``gemm_task`` over ``task_count`` tasks (``task_block`` tells a task's block,
   for an epilogue on it while it is in cache: dense's activation, dL/db);
   :func:`pack_pair_item` packs two products in one launch;
 * a product whose rows arrive one block at a time (the LSTM recurrence):
-  B packed once (:func:`pack_b_item`), then per row block and step
-  :func:`row_block_product` (:func:`row_block_count`, :func:`row_block`,
-  :func:`row_block_panel`);
+  :func:`recurrence_plan` (row blocks of up to TALL rows, as many per thread)
+  and :func:`recurrence_panels_size`; B packed once (:func:`pack_b_item`),
+  then per row block and step :func:`row_block_product`
+  (:func:`recurrence_block_count`, :func:`recurrence_block`,
+  :func:`recurrence_panel`);
 * the stride-1 convolution: :func:`pack_tap_weights` and :func:`tap_row`.
 
 :func:`matmul` is the whole nest as one kernel; :func:`matmul_reference` the
@@ -70,7 +72,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from numba import prange
+from numba import get_num_threads, prange
 
 from .._jit import CORE_SERIAL_BELOW, F1, cpu_info, helper, kernel
 from .simd import lanes, sload, sstore, vadd, vbroadcast_at, vfma, vload, vload_partial, vstore, vstore_partial, vzero
@@ -221,11 +223,6 @@ def tile_shape(dtype) -> tuple:
     return MR, nr_of(dtype)
 
 
-def row_blocks_size(rows: int, width: int) -> int:
-    """Values of a buffer holding one MR x width panel per row block of ``rows`` rows (:func:`row_block`)."""
-    return max(1, -(-int(rows) // MR) * MR * int(width))
-
-
 def packed_b_size(plan: GemmPlan, dtype) -> int:
     """Values of the packed B of a plan alone (:func:`pack_b_item`; :func:`row_block_product` reads it)."""
     return packed_sizes(plan, dtype)[1]
@@ -356,34 +353,35 @@ def micro_kernel(kc, packed, tile, c, ldc, bias, mode):
 
 
 @helper
-def pack_a_panel(a, m, i0, s, kc, ap, dst):
-    """ap[dst + p MR + r] = A[i0 + r, s + p] for p < kc, r < MR (zero rows past m).
+def pack_a_panel(a, m, i0, s, kc, ap, dst, h):
+    """ap[dst + p h + r] = A[i0 + r, s + p] for p < kc, r < h (zero rows past m): a panel of h rows
+    (MR for the core's tiles, TALL for a recurrence's tall row blocks).
 
     Row-major A (cs = 1: x, dz): one pass per row, writes strided by MR; A stored
     transposed (rs = 1: dz^T): per p, MR contiguous values, i.e. a straight copy.
     sload / sstore skip numba's negative-index code, which kept these loops scalar.
     """
-    mr = min(MR, m - i0)
+    mr = min(h, m - i0)
     if a.cs == 1:
         for r in range(mr):
             src = (i0 + r) * a.rs + s
             for p in range(kc):
-                sstore(ap, dst + p * MR + r, sload(a.data, src + p))
-    elif a.rs == 1 and mr == MR:
+                sstore(ap, dst + p * h + r, sload(a.data, src + p))
+    elif a.rs == 1 and mr == h:
         for p in range(kc):
             src = (s + p) * a.cs + i0
-            d = dst + p * MR
-            for r in range(MR):
+            d = dst + p * h
+            for r in range(h):
                 sstore(ap, d + r, sload(a.data, src + r))
         return
     else:
         for p in range(kc):
             src = (s + p) * a.cs + i0 * a.rs
             for r in range(mr):
-                sstore(ap, dst + p * MR + r, sload(a.data, src + r * a.rs))
+                sstore(ap, dst + p * h + r, sload(a.data, src + r * a.rs))
     for p in range(kc):
-        for r in range(mr, MR):
-            sstore(ap, dst + p * MR + r, 0.0)
+        for r in range(mr, h):
+            sstore(ap, dst + p * h + r, 0.0)
 
 
 @helper
@@ -444,7 +442,7 @@ def pack_item(t, a, b, packed, plan):
     q = t % per_block
     kc = min(plan.kc, plan.k - s)
     if q < mp:
-        pack_a_panel(a, plan.m, q * MR, s, kc, ap, s * mp * MR + q * MR * kc)
+        pack_a_panel(a, plan.m, q * MR, s, kc, ap, s * mp * MR + q * MR * kc, MR)
     else:
         # B micro-panel q - mp of this KC block, where pack_b_item puts it
         pack_b_item((t // per_block) * np_ + q - mp, b, bp, plan)
@@ -532,18 +530,146 @@ def row_block(blk, rows):
     return r0, min(MR, rows - r0)
 
 
+# --------------------------------------------------------------------------
+# a product whose rows arrive one block at a time (the LSTM recurrence)
+# --------------------------------------------------------------------------
+
+#: The tallest row block of a recurrence: 8 rows x 2 vectors = 16 accumulators, with the
+#: two B vectors and one broadcast 19 registers, which AVX-512's 32 hold (AVX2's 16 do
+#: not, so there it is MR).  Why a taller tile than the core's: time is serial inside a
+#: block, so the blocks are the only parallel work; N = 16 sequences made blocks of
+#: 6, 6 and 4 rows, one thread ran 12 rows' tiles and the other 4 (the 4-row block
+#: costs a full 6-row tile).  Two blocks of 8 give each thread 8.
+TALL = 8 if cpu_info()["vector_bits"] >= 512 else MR
+
+
+def recurrence_plan(rows: int, n: int, k: int, dtype) -> GemmPlan:
+    """The plan of C (rows, n) (+)= A (rows, k) B (k, n) computed one row block at a time
+    (:func:`row_block_product`): gemm_plan's KC, and mc = the rows of one block.
+
+    The blocks are as few as TALL allows, their count rounded up to a multiple of the
+    thread count (so that every thread runs as many blocks; above MR rows only, where a
+    second block does not cost a second full tile for nothing) and their rows evened
+    out.  Which block a row lands in does not change its sums (each C element is the
+    same fused multiply-adds in order), so results stay bitwise the same at any thread
+    count.  Buffers are sized from the plan (:func:`recurrence_panels_size`), so a plan
+    made at one thread count is valid at any other.
+    """
+    return _recurrence_plan(int(rows), int(n), int(k), np.dtype(dtype), get_num_threads())
+
+
+@lru_cache(maxsize=4096)
+def _recurrence_plan(rows: int, n: int, k: int, dtype: np.dtype, threads: int) -> GemmPlan:
+    blocks = max(1, -(-rows // TALL))
+    if rows > MR:
+        blocks = -(-blocks // threads) * threads
+    height = max(1, -(-rows // blocks))
+    return gemm_plan(rows, n, k, dtype)._replace(mc=height, nc=max(1, n))
+
+
+def recurrence_panels_size(plan: GemmPlan, width: int) -> int:
+    """Values of a buffer holding one TALL x width panel per row block of a recurrence plan."""
+    return max(1, -(-plan.m // plan.mc) * TALL * int(width))
+
+
 @helper
-def row_block_panel(buf, blk, width):
-    """Row block blk's panel of MR x width values in a buffer of :func:`row_blocks_size` (rows, width)."""
-    return buf[blk * MR * width:(blk + 1) * MR * width]
+def recurrence_block_count(plan):
+    """The row blocks of a :func:`recurrence_plan` (of plan.mc rows, the last one shorter)."""
+    return (plan.m + plan.mc - 1) // plan.mc
+
+
+@helper
+def recurrence_block(blk, plan):
+    """(r0, nb): the first row of row block blk and its row count (nb <= plan.mc <= TALL)."""
+    r0 = plan.mc * blk
+    return r0, min(plan.mc, plan.m - r0)
+
+
+@helper
+def recurrence_panel(buf, blk, width):
+    """Row block blk's panel of TALL x width values in a buffer of :func:`recurrence_panels_size`."""
+    return buf[blk * TALL * width:(blk + 1) * TALL * width]
 
 
 @helper
 def pack_row_block(a, r0, nb, ap, plan):
-    """Rows r0 .. r0 + nb - 1 of A packed into one row block's panel ap, per KC block (zero rows past nb)."""
+    """Rows r0 .. r0 + nb - 1 of A packed into one row block's panel ap, per KC block: panels
+    of TALL rows above MR rows, else of MR (zero rows past nb)."""
+    h = TALL if nb > MR else MR
     for s in range(0, plan.k, plan.kc):
         kc = min(plan.kc, plan.k - s)
-        pack_a_panel(a, r0 + nb, r0, s, kc, ap, s * MR)
+        pack_a_panel(a, r0 + nb, r0, s, kc, ap, s * h, h)
+
+
+@helper
+def tall_kernel(kc, packed, tile, c, ldc, add):
+    """C[tile] (+)= sum_{p < kc} Ap-panel[p, :]^T Bp-panel[p, :]: micro_kernel with TALL = 8 rows
+    (A panels of 8 rows; no bias: the recurrence adds to z or stores dL/dh)."""
+    ap = packed.ap
+    bp = packed.bp
+    w = lanes(ap)
+    c00 = vzero(ap)
+    c01 = vzero(ap)
+    c10 = vzero(ap)
+    c11 = vzero(ap)
+    c20 = vzero(ap)
+    c21 = vzero(ap)
+    c30 = vzero(ap)
+    c31 = vzero(ap)
+    c40 = vzero(ap)
+    c41 = vzero(ap)
+    c50 = vzero(ap)
+    c51 = vzero(ap)
+    c60 = vzero(ap)
+    c61 = vzero(ap)
+    c70 = vzero(ap)
+    c71 = vzero(ap)
+    ao = tile.ao
+    bo = tile.bo
+    # one rank-1 update per p: 2 vector loads of B, 8 broadcasts of A, 16 fused multiply-adds
+    for _ in range(kc):
+        b0 = vload(bp, bo)
+        b1 = vload(bp, bo + w)
+        a = vbroadcast_at(ap, ao)
+        c00 = vfma(a, b0, c00)
+        c01 = vfma(a, b1, c01)
+        a = vbroadcast_at(ap, ao + 1)
+        c10 = vfma(a, b0, c10)
+        c11 = vfma(a, b1, c11)
+        a = vbroadcast_at(ap, ao + 2)
+        c20 = vfma(a, b0, c20)
+        c21 = vfma(a, b1, c21)
+        a = vbroadcast_at(ap, ao + 3)
+        c30 = vfma(a, b0, c30)
+        c31 = vfma(a, b1, c31)
+        a = vbroadcast_at(ap, ao + 4)
+        c40 = vfma(a, b0, c40)
+        c41 = vfma(a, b1, c41)
+        a = vbroadcast_at(ap, ao + 5)
+        c50 = vfma(a, b0, c50)
+        c51 = vfma(a, b1, c51)
+        a = vbroadcast_at(ap, ao + 6)
+        c60 = vfma(a, b0, c60)
+        c61 = vfma(a, b1, c61)
+        a = vbroadcast_at(ap, ao + 7)
+        c70 = vfma(a, b0, c70)
+        c71 = vfma(a, b1, c71)
+        ao += TALL
+        bo += 2 * w
+    co = tile.co
+    # masked stores for every tile, full or not: one copy of the store code (a second,
+    # unmasked copy for full tiles cost compile time and no measurable speed: the
+    # stores run once per KC block of a tile whose p loop is KC long)
+    _put_row_partial(c, co, w, tile.nr, c00, c01, add)
+    _put_row_partial(c, co + ldc, w, tile.nr, c10, c11, add)
+    _put_row_partial(c, co + 2 * ldc, w, tile.nr, c20, c21, add)
+    _put_row_partial(c, co + 3 * ldc, w, tile.nr, c30, c31, add)
+    _put_row_partial(c, co + 4 * ldc, w, tile.nr, c40, c41, add)
+    _put_row_partial(c, co + 5 * ldc, w, tile.nr, c50, c51, add)
+    _put_row_partial(c, co + 6 * ldc, w, tile.nr, c60, c61, add)
+    if tile.mr > 7:
+        # a block of 7 rows: row 7 of the panel is zero padding, dropped
+        _put_row_partial(c, co + 7 * ldc, w, tile.nr, c70, c71, add)
 
 
 @helper
@@ -551,23 +677,29 @@ def row_block_product(a, r0, nb, packed, plan, c, ldc, accumulate):
     """C[r, :] (+)= sum_p A[r0 + r, p] B[p, :] for the nb rows r < nb of one row block, on a packed B.
 
     For a product whose rows arrive one block at a time (the LSTM's recurrence:
-    row t N + n needs step t - 1 done).  packed.ap is the block's own panel
-    (:func:`row_block_panel` of a :func:`row_blocks_size` buffer); packed.bp all
-    of B, packed once by :func:`pack_b_item`.  The block's rows of A are packed
-    per KC block, then one row of register tiles runs along all of B's columns.
-    C is flat with row length ldc and starts at the block's first row; with
-    ``accumulate`` the tiles add to C, otherwise the first KC block stores.
+    row t N + n needs step t - 1 done); plan from :func:`recurrence_plan`.
+    packed.ap is the block's own panel (:func:`recurrence_panel`); packed.bp
+    all of B, packed once by :func:`pack_b_item`.  The block's rows of A are
+    packed per KC block, then one row of register tiles runs along all of B's
+    columns: TALL x NR tiles for a block of more than MR rows, else the core's
+    MR x NR.  C is flat with row length ldc and starts at the block's first row;
+    with ``accumulate`` the tiles add to C, otherwise the first KC block stores.
     """
     ap = packed.ap
     nrf = 2 * lanes(ap)
     npad = (plan.n + nrf - 1) // nrf * nrf
     pack_row_block(a, r0, nb, ap, plan)
+    tall = TALL > MR and nb > MR  # constant False where TALL = MR: the tall tile is not even compiled in
+    h = TALL if tall else MR
     for s in range(0, plan.k, plan.kc):
         kc = min(plan.kc, plan.k - s)
         mode = ADD if s > 0 or accumulate else STORE
         for j in range(0, plan.n, nrf):
-            tile = Tile(s * MR, s * npad + j * kc, j, nb, min(nrf, plan.n - j), j)
-            micro_kernel(kc, packed, tile, c, ldc, ap[:0], mode)
+            tile = Tile(s * h, s * npad + j * kc, j, nb, min(nrf, plan.n - j), j)
+            if tall:
+                tall_kernel(kc, packed, tile, c, ldc, mode == ADD)
+            else:
+                micro_kernel(kc, packed, tile, c, ldc, ap[:0], mode)
 
 
 @kernel(serial_below=CORE_SERIAL_BELOW)
