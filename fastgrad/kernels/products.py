@@ -357,8 +357,8 @@ def pack_a_panel(a, m, i0, s, kc, ap, dst, h):
     """ap[dst + p h + r] = A[i0 + r, s + p] for p < kc, r < h (zero rows past m): a panel of h rows
     (MR for the core's tiles, TALL for a recurrence's tall row blocks).
 
-    Row-major A (cs = 1: x, dz): one pass per row, writes strided by MR; A stored
-    transposed (rs = 1: dz^T): per p, MR contiguous values, i.e. a straight copy.
+    Row-major A (cs = 1: x, dz): one pass per row, writes strided by h; A stored
+    transposed (rs = 1: dz^T): per p, h contiguous values, i.e. a straight copy.
     sload / sstore skip numba's negative-index code, which kept these loops scalar.
     """
     mr = min(h, m - i0)
@@ -592,10 +592,17 @@ def recurrence_panel(buf, blk, width):
 
 
 @helper
+def row_block_height(nb):
+    """The panel rows of a row block of nb rows: TALL (the tall tile) above MR rows, else MR
+    (the core's tile).  TALL = MR makes it the constant MR, and LLVM drops the tall branch."""
+    return TALL if TALL > MR and nb > MR else MR
+
+
+@helper
 def pack_row_block(a, r0, nb, ap, plan):
-    """Rows r0 .. r0 + nb - 1 of A packed into one row block's panel ap, per KC block: panels
-    of TALL rows above MR rows, else of MR (zero rows past nb)."""
-    h = TALL if nb > MR else MR
+    """Rows r0 .. r0 + nb - 1 of A packed into one row block's panel ap of
+    :func:`row_block_height` rows, per KC block (zero rows past nb)."""
+    h = row_block_height(nb)
     for s in range(0, plan.k, plan.kc):
         kc = min(plan.kc, plan.k - s)
         pack_a_panel(a, r0 + nb, r0, s, kc, ap, s * h, h)
@@ -689,8 +696,8 @@ def row_block_product(a, r0, nb, packed, plan, c, ldc, accumulate):
     nrf = 2 * lanes(ap)
     npad = (plan.n + nrf - 1) // nrf * nrf
     pack_row_block(a, r0, nb, ap, plan)
-    tall = TALL > MR and nb > MR  # constant False where TALL = MR: the tall tile is not even compiled in
-    h = TALL if tall else MR
+    h = row_block_height(nb)
+    tall = h > MR
     for s in range(0, plan.k, plan.kc):
         kc = min(plan.kc, plan.k - s)
         mode = ADD if s > 0 or accumulate else STORE
