@@ -85,6 +85,16 @@ def test_plan_comes_from_the_cpu_and_the_shapes_only():
         plan = P.gemm_plan(512, 1024, 1024, dtype)
         assert P.task_count(plan) >= P.MIN_TASKS and P.task_count(plan) % 4 == 0
         assert plan == P.gemm_plan(512, 1024, 1024, dtype)
+        # narrow products (one or a few NR columns: an LSTM's dx and dW) split their rows instead,
+        # into tasks that exist: before, (2048, 32, 512) had 3 tasks and (512, 160, 2048) had 5
+        nr = P.nr_of(dtype)
+        for m, n, k in ((2048, nr, 512), (512, 5 * nr, 2048), (1600, 3 * nr, 256), (4 * P.MR, 1, 8)):
+            plan = P.gemm_plan(m, n, k, dtype)
+            tasks = P.task_count(plan)
+            assert tasks >= min(P.MIN_TASKS, -(-m // P.MR)), (m, n, k, plan)
+            assert tasks % 4 == 0 or tasks == -(-m // P.MR) * -(-n // nr), (m, n, k, plan)
+            blocks = {P.task_block(t, plan) for t in range(tasks)}
+            assert len(blocks) == tasks and sum((i1 - i0) * (j1 - j0) for i0, i1, j0, j1 in blocks) == m * n
 
 
 def test_calling_a_kernel_runs_its_parallel_twin(monkeypatch):

@@ -193,13 +193,28 @@ def _gemm_plan(m: int, n: int, k: int, dtype: np.dtype) -> GemmPlan:
     kcb = max(1, -(-k // n_kb))
     m_panels = max(1, -(-m // MR))
     n_panels = max(1, -(-n // nr))
-    n_ib = -(-m_panels // (mc // MR))
-    n_jb = -(-n_panels // (nc // nr))
-    n_jb = max(n_jb, -(-MIN_TASKS // n_ib))
-    while (n_ib * n_jb) % 4 and n_jb < n_panels:
-        n_jb += 1
-    n_jb = min(n_jb, n_panels)
+    # blocks of panels: as few as the cache blocks allow, then more columns, then more rows,
+    # until there are MIN_TASKS tasks, a multiple of 4 where the panels allow.  Rows are split
+    # only for a product too narrow for MIN_TASKS column blocks: an LSTM's dx (T N, I) and
+    # dW (4H, H + I) had 2-5 tasks for 2 threads before (char-LM sizes: dx 3 and dW 5, so
+    # one thread ran 2 of 3 and 3 of 5 task-times).
+    n_ib = _blocks(m_panels, -(-m_panels // (mc // MR)))
+    want = max(-(-n_panels // (nc // nr)), -(-MIN_TASKS // n_ib))
+    while (n_ib * _blocks(n_panels, want)) % 4 and want < n_panels:
+        want += 1
+    n_jb = _blocks(n_panels, want)
+    want = max(n_ib, -(-MIN_TASKS // n_jb))
+    while (_blocks(m_panels, want) * n_jb) % 4 and want < m_panels:
+        want += 1
+    n_ib = _blocks(m_panels, want)
     return GemmPlan(m, n, k, kcb, MR * -(-m_panels // n_ib), nr * -(-n_panels // n_jb))
+
+
+def _blocks(panels: int, want: int) -> int:
+    """The blocks ``panels`` panels really make when split into ``want`` blocks of equal
+    whole panels: 5 panels in 4 blocks are blocks of 2, so 3 of them."""
+    want = min(max(1, want), panels)
+    return -(-panels // -(-panels // want))
 
 
 #: The plan of a product nobody reads (dense's dL/dx of a model's input): no packing items, no
