@@ -185,7 +185,7 @@ def phase_calls(shape, dtype):
     plan_dx = products.gemm_plan(TN, n_in, G, dt)
     plan_dw = products.gemm_plan(G, H + n_in, TN, dt)
     sizes = [*products.packed_sizes(plan_dx, dt), *products.packed_sizes(plan_dw, dt)]
-    scr = klstm.LSTMScratch(np.zeros((T, N, 4, H), dt), np.zeros((N, H), dt), np.zeros((N, H), dt),
+    scr = klstm.LSTMScratch(np.zeros((T, N, 4, H), dt), np.zeros((N, H), dt), np.zeros((N, H), dt), np.zeros((N, G), dt),
                             *(np.zeros(size, dt) for size in sizes),
                             np.zeros(products.recurrence_panels_size(plan_brec, G), dt),
                             np.zeros(products.packed_b_size(plan_brec, dt), dt),

@@ -356,9 +356,17 @@ LSTM = Op(
                 Source(
                     "lstm.cell_backward",
                     ("dact_from_output_row(dz[t, n, g], z[t, n, g], a[t, n, g], codes[g])",)
-                    + tuple(f"dz[t, n, GATE_{g}, k] = d_{g.lower()} * " for g in "FION"),
+                    + tuple(f"dz_{g} = d_{g} * dz[t, n, GATE_{g.upper()}, k]" for g in "fion"),
                     "σ_g'(z_g) first fills dz's row, then ∂L/∂g_t scales it",
                 ),
+            ),
+            False,
+        ),
+        Equation(
+            ("∂L/∂b_g[k] = Σ_t ∂L/∂z_g[k]      (summed over steps and sequences)",),
+            (
+                Source("lstm.cell_backward", ("db_seq[n, GATE_F * H + k] += dz_f",), "each sequence's sum, step by step"),
+                Source("lstm.lstm_backward", ("db2[gk] += db_seq[n, gk]",), "then over the sequences in order"),
             ),
             False,
         ),

@@ -202,7 +202,7 @@ def _kernel_run(twin_fwd, twin_bwd, x, W, b, h0, c0, lengths, dy):
     sizes = [*products.packed_sizes(plan_dx, dt), *products.packed_sizes(plan_dw, dt), products.recurrence_panels_size(plan_brec, G),
              products.packed_b_size(plan_brec, dt), products.recurrence_panels_size(plan_brec, H)]
     scratch = klstm.LSTMScratch(np.full((T, N, 4, H), np.nan, dt), np.full((N, H), np.nan, dt), np.full((N, H), np.nan, dt),
-                                *(np.full(size, np.nan, dt) for size in sizes))
+                                np.full((N, G), np.nan, dt), *(np.full(size, np.nan, dt) for size in sizes))
     grads = klstm.LSTMGrads(np.zeros((T, N, n_in), dt), np.zeros_like(W), np.zeros_like(b), np.zeros((N, H), dt), np.zeros((N, H), dt))
     zeros = np.zeros((N, H), dt)
     twin_bwd(grads, scratch, klstm.LSTMUpstream(dy, zeros, zeros), saved, W, lengths, codes, plan_brec, plan_dx, plan_dw)

@@ -194,7 +194,7 @@ def _backward(grads, dy, cache, dhT, dcT, check_finite, where):
     plan_rec = products.recurrence_plan(N, H, G, dt)
     plan_dx = products.gemm_plan(TN, n_in, G, dt)
     plan_dw = products.gemm_plan(G, H + n_in, TN, dt)
-    shapes = [(T, N, 4, H), (N, H), (N, H)]
+    shapes = [(T, N, 4, H), (N, H), (N, H), (N, G)]
     shapes += [(size,) for size in products.packed_sizes(plan_dx, dt) + products.packed_sizes(plan_dw, dt)]
     shapes += [(products.recurrence_panels_size(plan_rec, G),), (products.packed_b_size(plan_rec, dt),),
                (products.recurrence_panels_size(plan_rec, H),)]
