@@ -339,33 +339,36 @@ LSTM = Op(
                     "lstm.cell_backward",
                     (
                         "dact_from_output_row(dsh, saved.c[t + 1, n], saved.sh[t, n], codes[SLOT_H])",
-                        "dc = dh * dsh[k] * gate_o + scratch.dc[n, k]",
-                        "scratch.dc[n, k] = dc * gate_f",
+                        "dc[k] = dh[k] * dsh[k] * gate_o[k] + dc[k]",
+                        "dc[k] = dc[k] * gate_f[k]",
                     ),
                     "scratch.dc carries ∂L/∂c_{t+1} ⊙ f_{t+1} back from step t+1",
                 ),
             ),
         ),
-        Equation(("∂L/∂f_t = ∂L/∂c_t ⊙ c_{t−1}",), (Source("lstm.cell_backward", ("d_f = dc * saved.c[t, n, k]",)),)),
-        Equation(("∂L/∂i_t = ∂L/∂c_t ⊙ n_t",), (Source("lstm.cell_backward", ("d_i = dc * gate_n",)),)),
-        Equation(("∂L/∂o_t = ∂L/∂h_t ⊙ σ_h(c_t)",), (Source("lstm.cell_backward", ("d_o = dh * s",)),)),
-        Equation(("∂L/∂n_t = ∂L/∂c_t ⊙ i_t",), (Source("lstm.cell_backward", ("d_n = dc * gate_i",)),)),
+        Equation(("∂L/∂f_t = ∂L/∂c_t ⊙ c_{t−1}",), (Source("lstm.cell_backward", ("# d_f = dc * c_{t-1}",)),)),
+        Equation(("∂L/∂i_t = ∂L/∂c_t ⊙ n_t",), (Source("lstm.cell_backward", ("# d_i = dc * n_t",)),)),
+        Equation(("∂L/∂o_t = ∂L/∂h_t ⊙ σ_h(c_t)",), (Source("lstm.cell_backward", ("# d_o = dh * sigma_h(c_t)",)),)),
+        Equation(("∂L/∂n_t = ∂L/∂c_t ⊙ i_t",), (Source("lstm.cell_backward", ("# d_n = dc * i_t",)),)),
         Equation(
             ("∂L/∂z_g = ∂L/∂g_t ⊙ σ_g'(z_g)      for each gate g in f, i, o, n (z_g its pre-activation)",),
             (
                 Source(
                     "lstm.cell_backward",
-                    ("dact_from_output_row(dz[t, n, g], z[t, n, g], a[t, n, g], codes[g])",)
-                    + tuple(f"dz_{g} = d_{g} * dz[t, n, GATE_{g.upper()}, k]" for g in "fion"),
-                    "σ_g'(z_g) first fills dz's row, then ∂L/∂g_t scales it",
+                    (
+                        "dact_from_output_row(dz[t, n, g], saved.z[t, n, g], a[t, n, g], codes[g])",
+                        "gate_grad_row(dz[t, n, GATE_F], db[GATE_F * H:(GATE_F + 1) * H], dc, saved.c[t, n])",
+                    ),
+                    "σ_g'(z_g) first fills dz's row, then ∂L/∂g_t scales it (gate_grad_row, one gate's row)",
                 ),
+                Source("lstm.gate_grad_row", ("dz_g = d_out[k] * other[k] * dz[k]",)),
             ),
             False,
         ),
         Equation(
             ("∂L/∂b_g[k] = Σ_t ∂L/∂z_g[k]      (summed over steps and sequences)",),
             (
-                Source("lstm.cell_backward", ("db_seq[n, GATE_F * H + k] += dz_f",), "each sequence's sum, step by step"),
+                Source("lstm.gate_grad_row", ("db[k] += dz_g",), "each sequence's sum, step by step (db = its row of db_seq)"),
                 Source("lstm.lstm_backward", ("db2[gk] += db_seq[n, gk]",), "then over the sequences in order"),
             ),
             False,
