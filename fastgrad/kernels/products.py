@@ -199,14 +199,8 @@ def _gemm_plan(m: int, n: int, k: int, dtype: np.dtype) -> GemmPlan:
     # dW (4H, H + I) had 2-5 tasks for 2 threads before (char-LM sizes: dx 3 and dW 5, so
     # one thread ran 2 of 3 and 3 of 5 task-times).
     n_ib = _blocks(m_panels, -(-m_panels // (mc // MR)))
-    want = max(-(-n_panels // (nc // nr)), -(-MIN_TASKS // n_ib))
-    while (n_ib * _blocks(n_panels, want)) % 4 and want < n_panels:
-        want += 1
-    n_jb = _blocks(n_panels, want)
-    want = max(n_ib, -(-MIN_TASKS // n_jb))
-    while (_blocks(m_panels, want) * n_jb) % 4 and want < m_panels:
-        want += 1
-    n_ib = _blocks(m_panels, want)
+    n_jb = _blocks_for_tasks(n_panels, max(-(-n_panels // (nc // nr)), -(-MIN_TASKS // n_ib)), n_ib)
+    n_ib = _blocks_for_tasks(m_panels, max(n_ib, -(-MIN_TASKS // n_jb)), n_jb)
     return GemmPlan(m, n, k, kcb, MR * -(-m_panels // n_ib), nr * -(-n_panels // n_jb))
 
 
@@ -215,6 +209,15 @@ def _blocks(panels: int, want: int) -> int:
     whole panels: 5 panels in 4 blocks are blocks of 2, so 3 of them."""
     want = min(max(1, want), panels)
     return -(-panels // -(-panels // want))
+
+
+def _blocks_for_tasks(panels: int, want: int, other: int) -> int:
+    """The blocks of ``panels`` panels from ``want`` up, asked for one more at a time until
+    they times ``other`` (the blocks of the other dimension) are a multiple of 4 or every
+    panel is a block of its own."""
+    while (_blocks(panels, want) * other) % 4 and want < panels:
+        want += 1
+    return _blocks(panels, want)
 
 
 #: The plan of a product nobody reads (dense's dL/dx of a model's input): no packing items, no
